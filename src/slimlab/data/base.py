@@ -1,0 +1,108 @@
+"""The shared base of SlimLab's image-classification DataModules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from slimlab.utils.errors import require
+
+
+class ClassificationDataModule(L.LightningDataModule):
+    """Splits, loaders and on-device transforms; subclasses only build the three datasets.
+
+    `batch_size` is the global batch: under DDP each rank loads `batch_size / world_size`.
+    `normalize` runs on every batch after it reaches the device, `augment` on training
+    batches only (both are tensor transforms from `slimlab.data.augment`).
+    """
+
+    num_classes: int = 0
+    input_shape: tuple[int, ...] = ()
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        val_fraction: float = 0.1,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 42,
+        normalize: nn.Module | None = None,
+        augment: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        require(
+            isinstance(batch_size, int) and batch_size > 0,
+            f"data.batch_size={batch_size} is out of range: give a positive integer",
+        )
+        require(
+            0.0 < float(val_fraction) < 1.0,
+            f"data.val_fraction={val_fraction} is out of range: give a fraction in (0, 1)",
+        )
+        require(
+            isinstance(num_workers, int) and num_workers >= 0,
+            f"data.num_workers={num_workers} is out of range: give 0 or a positive integer",
+        )
+        self.batch_size = batch_size
+        self.val_fraction = float(val_fraction)
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.normalize = normalize
+        self.augment = augment
+        self.batch_size_per_device = batch_size
+        self.data_train: Dataset | None = None
+        self.data_val: Dataset | None = None
+        self.data_test: Dataset | None = None
+
+    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Return (train, val, test) datasets of (image tensor, label) pairs."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        require(
+            self.batch_size % world_size == 0,
+            f"data.batch_size={self.batch_size} does not divide by the world size {world_size}: "
+            f"give a global batch size that is a multiple of {world_size}",
+        )
+        self.batch_size_per_device = self.batch_size // world_size
+        if self.data_train is None:
+            self.data_train, self.data_val, self.data_test = self.build_datasets()
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        assert dataset is not None, "call setup() first"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size_per_device,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.data_train, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.data_val, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.data_test, shuffle=False)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not isinstance(batch, list | tuple) or len(batch) != 2:
+            return batch  # e.g. the model's example_input_array, already in model space
+        x, y = batch
+        if self.normalize is not None:
+            x = self.normalize(x)
+        if self.augment is not None and self.trainer is not None and self.trainer.training:
+            x = self.augment(x)
+        return x, y
+
+    def example_input(self) -> torch.Tensor:
+        """A batch of one zero image in this dataset's input shape."""
+        return torch.zeros(1, *self.input_shape)
