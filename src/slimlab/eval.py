@@ -65,7 +65,8 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         data_cfg = (model.run_config or {}).get("data")
         if data_cfg is None:
             raise ConfigError(
-                f"ckpt_path={ckpt_path} stores no data config: give data=<option>, e.g. data=digits"
+                f"ckpt_path={ckpt_path} stores no data config: "
+                "give data=<option>, e.g. data=digits"
             )
     log.info(f"Instantiating datamodule <{data_cfg['_target_']}>")
     datamodule: L.LightningDataModule = instantiate(data_cfg)

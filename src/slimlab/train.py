@@ -44,9 +44,9 @@ def apply_extras(cfg: DictConfig) -> None:
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved run config as plain containers (stored in checkpoints, logged)."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
+    keys = [k for k in cfg if k != "hydra"]
+    plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
     assert isinstance(plain, dict)
-    plain.pop("hydra", None)
     return plain
 
 
@@ -116,7 +116,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         wall_time = time.perf_counter() - start
 
         if trainer.is_global_zero:
-            last_path = getattr(trainer.checkpoint_callback, "last_model_path", "") or ""
+            last_path = next(
+                (c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor is None),
+                "",
+            )
             summary = {
                 "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val/")},
                 "test": {k[5:]: v for k, v in metrics.items() if k.startswith("test/")},

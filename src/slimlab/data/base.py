@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from slimlab.data.sampler import EpochShuffleSampler
 from slimlab.utils.errors import require
 
 
@@ -73,25 +74,32 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.data_train is None:
             self.data_train, self.data_val, self.data_test = self.build_datasets()
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         assert dataset is not None, "call setup() first"
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        # Single process: a (seed, epoch)-keyed shuffle; under DDP Lightning swaps in a
+        # DistributedSampler, which is keyed the same way. The loader's own generator keeps
+        # worker seeding off the global RNG, so a resume replays dropout/augmentation exactly.
+        sampler = EpochShuffleSampler(dataset, self.seed) if train and world_size == 1 else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size_per_device,
-            shuffle=shuffle,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, shuffle=True)
+        return self._loader(self.data_train, train=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.data_val, shuffle=False)
+        return self._loader(self.data_val, train=False)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.data_test, shuffle=False)
+        return self._loader(self.data_test, train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not isinstance(batch, list | tuple) or len(batch) != 2:

@@ -8,7 +8,7 @@ from slimlab.utils.errors import ConfigError
 
 
 def find_latest_checkpoint(log_dir: str | Path, task_name: str, name: str) -> Path:
-    """Newest `last.ckpt` of experiment `name` under `log_dir/task_name/name/` (runs and sweeps)."""
+    """Newest `last.ckpt` of experiment `name` under `log_dir/task_name/name/` (runs, sweeps)."""
     root = Path(log_dir) / task_name / name
     candidates = sorted(root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
     if not candidates:

@@ -52,7 +52,9 @@ def log_hyperparameters(cfg: DictConfig, model: Any, loggers: list[Logger]) -> N
     """Send the full resolved config and the parameter counts to every logger."""
     if not loggers:
         return
-    params = OmegaConf.to_container(cfg, resolve=True)
+    params = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
     assert isinstance(params, dict)
     params["model/params/total"] = count_parameters(model)
     params["model/params/trainable"] = sum(

@@ -1,0 +1,82 @@
+"""Shared fixtures: configs composed through Hydra's compose API, CLI runs in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+
+
+def compose_config(
+    tmp_path: Path, overrides: Sequence[str] = (), config_name: str = "train"
+) -> DictConfig:
+    """Compose `config_name` with `overrides`, every output redirected under `tmp_path`."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
+        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=list(overrides))
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(tmp_path)
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.log_dir = str(tmp_path / "logs")
+        cfg.paths.work_dir = str(ROOT)
+        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        cfg.extras.print_config = False
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    """compose_cfg(overrides, config_name="train") -> a composed config writing under tmp_path."""
+
+    def _compose(overrides: Sequence[str] = (), config_name: str = "train") -> DictConfig:
+        return compose_config(tmp_path, overrides, config_name)
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def run_cli(
+    script: str, args: Sequence[str], tmp_path: Path, timeout: int = 600, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run `python <script> args...` from the repo root with logs and data under tmp_path."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    env.pop("HYDRA_FULL_ERROR", None)
+    cmd = [
+        sys.executable,
+        str(ROOT / script),
+        *args,
+        f"paths.log_dir={tmp_path / 'logs'}",
+        f"paths.data_dir={tmp_path / 'data'}",
+        "extras.print_config=false",
+    ]
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+            f"STDERR:\n{proc.stderr[-6000:]}"
+        )
+    return proc
+
+
+def run_folders(tmp_path: Path) -> list[Path]:
+    """Every job folder (one holding .hydra or metrics.json) under tmp_path/logs."""
+    logs = tmp_path / "logs"
+    folders = {p.parent for p in logs.glob("**/metrics.json")}
+    folders |= {p.parent for p in logs.glob("**/.hydra")}
+    return sorted(folders)

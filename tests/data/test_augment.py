@@ -1,0 +1,159 @@
+"""Batched tensor transforms: shapes, per-sample randomness, the math, and argument checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from slimlab.data.augment import (
+    Compose,
+    Normalize,
+    RandomCrop,
+    RandomHorizontalFlip,
+    RandomShift,
+)
+from slimlab.utils.errors import ConfigError
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def images(n: int = 16, c: int = 3, h: int = 8, w: int = 8) -> torch.Tensor:
+    """A batch of n identical images whose pixels are all distinct and non-zero."""
+    one = torch.arange(1, c * h * w + 1, dtype=torch.float32).view(1, c, h, w)
+    return one.repeat(n, 1, 1, 1)
+
+
+def windows(x: torch.Tensor, pad: int, h: int, w: int) -> list[torch.Tensor]:
+    """Every (h, w) window of one image zero-padded by `pad` on each side."""
+    padded = F.pad(x, (pad, pad, pad, pad))
+    return [
+        padded[:, i : i + h, j : j + w]
+        for i in range(padded.shape[1] - h + 1)
+        for j in range(padded.shape[2] - w + 1)
+    ]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(
+    "transform",
+    [
+        Normalize([0.5, 0.5, 0.5], [0.25, 0.25, 0.25]),
+        RandomCrop(8, padding=4),
+        RandomShift(2),
+        RandomHorizontalFlip(),
+        Compose([RandomCrop(8, padding=2), RandomHorizontalFlip()]),
+    ],
+    ids=["normalize", "crop", "shift", "flip", "compose"],
+)
+@pytest.mark.parametrize("n", [1, 5])
+def test_shapes_are_preserved_on_any_batch_size(transform, n, device) -> None:
+    x = torch.rand(n, 3, 8, 8, device=device)
+    out = transform(x)
+    assert out.shape == x.shape
+    assert out.device == x.device
+    assert out.dtype == torch.float32
+
+
+def test_random_crop_cuts_a_real_window_at_a_different_offset_per_sample() -> None:
+    torch.manual_seed(0)
+    x = images(n=64)
+    out = RandomCrop(6, padding=2)(x)
+    assert out.shape == (64, 3, 6, 6)
+    candidates = windows(x[0], pad=2, h=6, w=6)
+    offsets = set()
+    for sample in out:
+        matches = [k for k, window in enumerate(candidates) if torch.equal(window, sample)]
+        assert len(matches) == 1, "each crop must be exactly one window of the padded image"
+        offsets.add(matches[0])
+    assert len(offsets) > 10, "samples of one batch must get their own offsets"
+
+
+def test_random_crop_without_padding_and_full_size_is_identity() -> None:
+    x = images(n=4)
+    assert torch.equal(RandomCrop(8, padding=0)(x), x)
+
+
+def test_random_crop_too_large_for_the_images_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"augment.size=20 is larger"):
+        RandomCrop(20, padding=2)(images())
+
+
+def test_random_shift_translates_with_zero_fill_per_sample() -> None:
+    torch.manual_seed(0)
+    x = images(n=64)
+    out = RandomShift(2)(x)
+    candidates = windows(x[0], pad=2, h=8, w=8)  # all 25 shifts of the image
+    shifts = set()
+    for sample in out:
+        matches = [k for k, window in enumerate(candidates) if torch.equal(window, sample)]
+        assert len(matches) == 1
+        shifts.add(matches[0])
+    assert len(shifts) > 10
+    assert torch.equal(RandomShift(0)(x), x)
+
+
+def test_flip_mirrors_left_right() -> None:
+    x = torch.rand(4, 3, 5, 7)
+    assert torch.equal(RandomHorizontalFlip(p=1.0)(x), x.flip(-1))
+    assert torch.equal(RandomHorizontalFlip(p=0.0)(x), x)
+
+
+def test_flip_decides_per_sample() -> None:
+    torch.manual_seed(0)
+    x = torch.rand(200, 1, 4, 4)
+    out = RandomHorizontalFlip(p=0.5)(x)
+    flipped = torch.tensor([torch.equal(o, s.flip(-1)) for o, s in zip(out, x)])
+    kept = torch.tensor([torch.equal(o, s) for o, s in zip(out, x)])
+    assert bool((flipped | kept).all())
+    assert 60 < int(flipped.sum()) < 140
+
+
+def test_normalize_converts_uint8_to_unit_range_then_standardizes() -> None:
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 1, 1, 3).repeat(2, 3, 1, 1)
+    mean, std = [0.1, 0.2, 0.3], [0.5, 0.25, 2.0]
+    out = Normalize(mean, std)(x)
+    assert out.dtype == torch.float32
+    for c in range(3):
+        expected = (torch.tensor([0.0, 0.2, 1.0]) - mean[c]) / std[c]
+        torch.testing.assert_close(out[0, c, 0], expected)
+
+
+def test_normalize_takes_float_input_as_already_scaled_and_one_value_for_all_channels() -> None:
+    x = torch.rand(2, 3, 4, 4)
+    torch.testing.assert_close(Normalize([0.5], [0.5])(x), (x - 0.5) / 0.5)
+
+
+def test_normalize_with_wrong_channel_count_says_how_many() -> None:
+    with pytest.raises(ConfigError, match="images have 1 channels: give 1 values"):
+        Normalize([0.1, 0.2, 0.3], [1.0, 1.0, 1.0])(torch.rand(2, 1, 4, 4))
+
+
+def test_compose_applies_in_order() -> None:
+    x = torch.rand(3, 1, 4, 4)
+    out = Compose([Normalize([0.5], [0.5]), RandomHorizontalFlip(p=1.0)])(x)
+    torch.testing.assert_close(out, ((x - 0.5) / 0.5).flip(-1))
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: RandomCrop(32, padding=-1), r"augment.padding=-1 is out of range: give 0 or a"),
+        (lambda: RandomCrop(0), r"augment.size=0 is out of range: give a positive integer"),
+        (lambda: RandomCrop(2.5), r"augment.size=2.5 is out of range"),
+        (lambda: RandomShift(-2), r"augment.max_shift=-2 is out of range"),
+        (lambda: RandomHorizontalFlip(p=1.5), r"augment.p=1.5 is out of range: give a prob"),
+        (lambda: Normalize([0.5], [0.0]), r"normalize.std=\[0.0\] is out of range"),
+        (lambda: Normalize([0.5, 0.5], [0.5]), r"normalize.mean has 2 values and normalize.std 1"),
+        (lambda: Normalize(["a"], [0.5]), r"not lists of numbers"),
+        (lambda: Compose([RandomShift(1), "flip"]), r"augment.transforms\[1\]='flip' is not a"),
+    ],
+)
+def test_bad_arguments_raise_config_error_naming_the_key(build, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        build()
+
+
+def test_transforms_reject_a_batch_without_four_dims() -> None:
+    with pytest.raises(ConfigError, match=r"give a batch of images \(N, C, H, W\)"):
+        RandomCrop(4)(torch.rand(3, 8, 8))

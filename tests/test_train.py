@@ -1,0 +1,114 @@
+"""Training and evaluation end to end: fast_dev_run, the default run, eval parity, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import compose_config, run_cli, run_folders
+from slimlab.eval import evaluate
+from slimlab.train import train
+
+
+def test_fast_dev_run_default(compose_cfg) -> None:
+    cfg = compose_cfg(["debug=fdr"])
+    metrics, objects = train(cfg)
+    assert "test/acc" in metrics
+    assert objects["trainer"].fast_dev_run
+
+
+@pytest.mark.parametrize("experiment", ["digits_cnn", "digits_mlp"])
+def test_fast_dev_run_digits_experiments(compose_cfg, experiment: str) -> None:
+    metrics, _ = train(compose_cfg([f"experiment={experiment}", "debug=fdr"]))
+    assert 0.0 <= float(metrics["test/acc"]) <= 1.0
+
+
+def test_metrics_json_and_checkpoints_are_written(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.max_epochs=2", "callbacks.rich_progress_bar=null"])
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert set(summary) >= {"val", "test", "best_epoch", "params", "wall_time_s"}
+    assert summary["params"] == sum(p.numel() for p in torch.nn.Module().parameters()) or (
+        summary["params"] > 10_000
+    )
+    assert summary["best_epoch"] in (0, 1)
+    assert Path(summary["best_checkpoint"]).is_file()
+    assert (out / "checkpoints" / "last.ckpt").is_file()
+    assert (out / "csv" / "metrics.csv").is_file()
+    # every checkpoint opens without unpickling code, hyper-parameters are plain containers
+    for ckpt in (out / "checkpoints").glob("*.ckpt"):
+        loaded = torch.load(ckpt, weights_only=True)
+        assert isinstance(loaded["hyper_parameters"]["net"], dict)
+        assert loaded["slimlab"]["run_config"]["data"]["_target_"].endswith("DigitsDataModule")
+
+
+def test_eval_reproduces_train_test_metrics(compose_cfg, tmp_path: Path) -> None:
+    cfg = compose_cfg(["trainer.max_epochs=3", "callbacks.rich_progress_bar=null"])
+    train_metrics, objects = train(cfg)
+    best = objects["trainer"].checkpoint_callback.best_model_path
+    eval_cfg = compose_config(tmp_path / "eval", [f"ckpt_path={best}"], config_name="eval")
+    eval_metrics, _ = evaluate(eval_cfg)
+    for key in ("test/acc", "test/loss"):
+        assert abs(float(eval_metrics[key]) - float(train_metrics[key])) < 1e-4, key
+
+
+def _train_state(cfg_overrides, tmp_path: Path) -> tuple[dict, Path]:
+    cfg = compose_config(tmp_path, cfg_overrides)
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    return torch.load(out / "checkpoints" / "last.ckpt", weights_only=True), out
+
+
+def test_resume_continues_exactly(tmp_path: Path) -> None:
+    common = ["callbacks.rich_progress_bar=null", "callbacks.early_stopping=null", "test=false"]
+    # T_max fixed: the cosine schedule must not depend on where the first run stopped
+    common += ["model.net.dropout=0.2", "data.batch_size=128", "model.scheduler.T_max=4"]
+    straight, _ = _train_state([*common, "trainer.max_epochs=4"], tmp_path / "straight")
+    first, first_out = _train_state([*common, "trainer.max_epochs=2"], tmp_path / "first")
+    assert first["epoch"] == 1
+    resumed, _ = _train_state(
+        [*common, "trainer.max_epochs=4", f"ckpt_path={first_out / 'checkpoints' / 'last.ckpt'}"],
+        tmp_path / "resumed",
+    )
+    assert resumed["epoch"] == straight["epoch"] == 3
+    assert resumed["global_step"] == straight["global_step"]
+    for name, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, msg=name)
+    lr = lambda c: c["optimizer_states"][0]["param_groups"][0]["lr"]  # noqa: E731
+    assert lr(resumed) == pytest.approx(lr(straight))
+
+
+def test_ckpt_path_latest_resumes_newest_run(tmp_path: Path) -> None:
+    common = ["callbacks.rich_progress_bar=null", "test=false", "name=latest_demo"]
+    cfg = compose_config(tmp_path, [*common, "trainer.max_epochs=1"])
+    cfg.paths.output_dir = str(tmp_path / "logs" / "train" / "latest_demo" / "runs" / "a")
+    train(cfg)
+    cfg2 = compose_config(tmp_path, [*common, "trainer.max_epochs=2", "ckpt_path=latest"])
+    _, objects = train(cfg2)
+    assert objects["trainer"].current_epoch == 2
+    assert objects["trainer"].global_step == 2 * objects["trainer"].num_training_batches
+
+
+@pytest.mark.slow
+def test_default_cli_run_reaches_98_percent_and_evals_identically(tmp_path: Path) -> None:
+    run_cli("train.py", [], tmp_path)
+    (folder,) = run_folders(tmp_path)
+    assert (folder / ".hydra" / "config.yaml").is_file()
+    assert (folder / "checkpoints" / "last.ckpt").is_file()
+    assert (folder / "csv" / "metrics.csv").is_file()
+    summary = json.loads((folder / "metrics.json").read_text())
+    assert summary["test"]["acc"] >= 0.98, summary
+    assert summary["wall_time_s"] > 0 and summary["params"] > 0
+    best = summary["best_checkpoint"]
+    assert Path(best).is_file()
+
+    run_cli("eval.py", [f"ckpt_path={best}"], tmp_path)
+    eval_summary = json.loads(
+        next((tmp_path / "logs" / "eval").glob("**/metrics.json")).read_text()
+    )
+    assert abs(eval_summary["test"]["acc"] - summary["test"]["acc"]) < 1e-4
+    assert abs(eval_summary["test"]["loss"] - summary["test"]["loss"]) < 1e-4
