@@ -36,7 +36,11 @@ LossTerm = Callable[[Any, torch.Tensor], torch.Tensor]
 
 # kind -> "module:function"; the function is called as fn(module, entry) and must reshape
 # module.net to what `entry` records. Imported only when a checkpoint needs it.
-STRUCTURE_RESTORERS: dict[str, str] = {}
+STRUCTURE_RESTORERS: dict[str, str] = {
+    "prune": "slimlab.compression.pruning:restore_pruning",
+    "qat": "slimlab.compression.quantization:restore_quantization",
+    "bnb": "slimlab.compression.bnb:restore_bnb",
+}
 
 
 def register_structure_restorer(kind: str, target: str) -> None:

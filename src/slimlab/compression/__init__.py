@@ -1,0 +1,1 @@
+"""Compression callbacks: one file per technique (pruning, quantization, distillation, report)."""
