@@ -112,3 +112,31 @@ def test_default_cli_run_reaches_98_percent_and_evals_identically(tmp_path: Path
     )
     assert abs(eval_summary["test"]["acc"] - summary["test"]["acc"]) < 1e-4
     assert abs(eval_summary["test"]["loss"] - summary["test"]["loss"]) < 1e-4
+
+
+def test_fast_dev_run_mnist_experiment_on_generated_files(compose_cfg, tmp_path: Path) -> None:
+    from generated_data import write_mnist
+
+    data_dir = write_mnist(tmp_path / "mnist")
+    cfg = compose_cfg(
+        ["experiment=mnist_cnn", "debug=fdr", f"data.data_dir={data_dir}", "data.download=false"]
+    )
+    metrics, _ = train(cfg)
+    assert "test/acc" in metrics
+
+
+def test_fast_dev_run_cifar10_experiment_on_generated_files(compose_cfg, tmp_path: Path) -> None:
+    from generated_data import write_cifar10
+
+    data_dir = write_cifar10(tmp_path / "cifar10")
+    cfg = compose_cfg(
+        [
+            "experiment=cifar10_resnet20",
+            "debug=fdr",
+            f"data.data_dir={data_dir}",
+            "data.download=false",
+            "data.batch_size=8",
+        ]
+    )
+    metrics, _ = train(cfg)
+    assert "test/acc" in metrics

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*} before Hydra composes)
 from slimlab.models.base import count_parameters
 from slimlab.utils.checkpoints import resolve_checkpoint
-from slimlab.utils.ddp import install_hydra_ddp_launcher
+from slimlab.utils.ddp import distributed_job, install_hydra_ddp_launcher
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.instantiate import (
     instantiate_callbacks,
@@ -155,5 +155,6 @@ def optimized_metric(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra task: extras, train, return the optimized metric (for sweeps)."""
     apply_extras(cfg)
-    metrics, _ = train(cfg)
+    with distributed_job():
+        metrics, _ = train(cfg)
     return optimized_metric(cfg, metrics)

@@ -8,9 +8,12 @@ with one that runs exactly this job: the job's own overrides, its output folder,
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
+import torch
 from lightning.pytorch.strategies.launchers import subprocess_script
 
 
@@ -40,3 +43,28 @@ def hydra_job_command(local_rank: int) -> tuple[Sequence[str], str]:
 def install_hydra_ddp_launcher() -> None:
     """Make Lightning's subprocess launcher use `hydra_job_command` (idempotent)."""
     subprocess_script._hydra_subprocess_cmd = hydra_job_command
+
+
+# Variables Lightning's launcher writes into this process's environment for its DDP ranks.
+_DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK")
+
+
+@contextmanager
+def distributed_job() -> Iterator[None]:
+    """Run one training job so that the next job in the same process starts clean.
+
+    A multirun runs its jobs one after another in one process: without this, the second
+    DDP job would find the first job's process group and launcher environment (and would
+    not start its own worker processes, or talk to the dead ones).
+    """
+    saved = {key: os.environ.get(key) for key in _DIST_ENV}
+    try:
+        yield
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

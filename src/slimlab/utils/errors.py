@@ -36,7 +36,8 @@ def exit_on_config_error() -> Iterator[None]:
         error = find_config_error(exc)
         if error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        print(f"Error: {error}", file=sys.stderr, flush=True)
+        if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0:
+            print(f"Error: {error}", file=sys.stderr, flush=True)  # once, not per DDP rank
         sys.exit(2)
 
 
