@@ -1,4 +1,4 @@
-"""`trainer=ddp_sim`: two real gloo DDP processes launched under Hydra (each test in a subprocess)."""
+"""`trainer=ddp_sim`: two real gloo DDP processes under Hydra, each test in a subprocess."""
 
 from __future__ import annotations
 
