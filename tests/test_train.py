@@ -140,3 +140,14 @@ def test_fast_dev_run_cifar10_experiment_on_generated_files(compose_cfg, tmp_pat
     )
     metrics, _ = train(cfg)
     assert "test/acc" in metrics
+
+
+@pytest.mark.slow
+def test_torch_compile_option_trains_and_keeps_checkpoint_keys(compose_cfg) -> None:
+    cfg = compose_cfg(
+        ["model=mlp", "model.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+    )
+    metrics, objects = train(cfg)
+    assert float(metrics["test/acc"]) > 0.0
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any("_orig_mod" in key for key in ckpt["state_dict"]), "compiled keys leaked"
