@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -80,3 +82,16 @@ def run_folders(tmp_path: Path) -> list[Path]:
     folders = {p.parent for p in logs.glob("**/metrics.json")}
     folders |= {p.parent for p in logs.glob("**/.hydra")}
     return sorted(folders)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Let urlopen read file:// URLs only: no test may touch the network."""
+    real = urllib.request.urlopen
+
+    def urlopen(url, *args, **kwargs):
+        if not str(url).startswith("file:"):
+            raise urllib.error.URLError(f"network disabled in tests ({url})")
+        return real(url, *args, **kwargs)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)

@@ -145,7 +145,12 @@ def test_fast_dev_run_cifar10_experiment_on_generated_files(compose_cfg, tmp_pat
 @pytest.mark.slow
 def test_torch_compile_option_trains_and_keeps_checkpoint_keys(compose_cfg) -> None:
     cfg = compose_cfg(
-        ["model=mlp", "model.compile=true", "trainer.max_epochs=1", "trainer.limit_train_batches=3"]
+        [
+            "model=mlp",
+            "model.compile=true",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=3",
+        ]
     )
     metrics, objects = train(cfg)
     assert float(metrics["test/acc"]) > 0.0

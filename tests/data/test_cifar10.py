@@ -8,8 +8,6 @@ import os
 import pickle
 import struct
 import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +26,7 @@ PER_BATCH, N_TEST = 4, 3
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2616]
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Let urlopen read file:// URLs only: no test may touch the network."""
-    real = urllib.request.urlopen
-
-    def urlopen(url, *args, **kwargs):
-        if not str(url).startswith("file:"):
-            raise urllib.error.URLError(f"network disabled in tests ({url})")
-        return real(url, *args, **kwargs)
-
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def batch_arrays(index: int, n: int) -> tuple[np.ndarray, list[int]]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +22,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 N_TRAIN, N_TEST = 20, 6
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    """Let urlopen read file:// URLs only: no test may touch the network."""
-    real = urllib.request.urlopen
-
-    def urlopen(url, *args, **kwargs):
-        if not str(url).startswith("file:"):
-            raise urllib.error.URLError(f"network disabled in tests ({url})")
-        return real(url, *args, **kwargs)
-
-    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from slimlab.data.augment import Normalize
 from slimlab.data.base import ClassificationDataModule
-from slimlab.data.mnist import DownloadError, download, md5_of, split_train_val
+from slimlab.data.download import DownloadError, download, md5_of, split_train_val
 from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
 

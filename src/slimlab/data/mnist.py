@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import hashlib
 import os
 import struct
-import tempfile
-import urllib.request
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from slimlab.data.augment import Normalize
 from slimlab.data.base import ClassificationDataModule
+from slimlab.data.download import DownloadError, download, md5_of, split_train_val
 from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
 
@@ -35,58 +31,6 @@ MD5 = {
     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
-_CHUNK = 1 << 20
-
-
-class DownloadError(OSError):
-    """A download failed: no mirror answered, or what came back had the wrong checksum."""
-
-
-def md5_of(path: str | os.PathLike) -> str:
-    """Return the hex MD5 of the file at `path`."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download(
-    urls: Sequence[str], dest: str | os.PathLike, md5: str, timeout: float = 60.0
-) -> None:
-    """Fetch the first of `urls` whose content has MD5 `md5` into `dest`, atomically.
-
-    Each attempt streams into a temporary file beside `dest` and is renamed onto `dest` only
-    once its checksum matches, so `dest` never holds a partial or unverified file.
-    """
-    dest = Path(dest)
-    failures = []
-    for url in urls:
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-        except OSError as exc:
-            raise DownloadError(f"cannot write into {dest.parent}: {exc}") from exc
-        try:
-            log.info(f"Downloading {url} to {dest}")
-            digest = hashlib.md5(usedforsecurity=False)
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
-                for chunk in iter(lambda r=r: r.read(_CHUNK), b""):
-                    out.write(chunk)
-                    digest.update(chunk)
-            if digest.hexdigest() != md5:
-                failures.append(f"{url}: MD5 {digest.hexdigest()} is not the expected {md5}")
-                log.warning(f"Discarded {url}: {failures[-1]}")
-                continue
-            os.replace(tmp, dest)
-            return
-        except OSError as exc:  # URLError, HTTPError and socket timeouts are all OSErrors
-            failures.append(f"{url}: {exc}")
-            log.warning(f"Could not download {url}: {exc}")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    raise DownloadError(f"could not fetch {dest.name} ({'; '.join(failures)})")
 
 
 def read_idx(path: str | os.PathLike, ndim: int) -> np.ndarray:
@@ -142,16 +86,6 @@ def load_split(
     x = torch.from_numpy(images.copy()).unsqueeze(1)
     y = torch.from_numpy(labels.astype(np.int64))
     return x, y
-
-
-def split_train_val(
-    x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int
-) -> tuple[TensorDataset, TensorDataset]:
-    """Shuffle with `seed` and hold out `val_fraction` of (x, y) for validation."""
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_val = min(max(1, round(len(y) * val_fraction)), len(y) - 1)
-    val, train = order[:n_val], order[n_val:]
-    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])
 
 
 class MNISTDataModule(ClassificationDataModule):
