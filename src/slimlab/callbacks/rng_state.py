@@ -19,6 +19,9 @@ class RNGStateCallback(Callback):
     tensors so the checkpoint still opens with ``torch.load(weights_only=True)``.
     """
 
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = random.getstate()
         np_state = np.random.get_state()
@@ -36,9 +39,6 @@ class RNGStateCallback(Callback):
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
-
-    def __init__(self) -> None:
-        self._pending: dict[str, Any] | None = None
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied in on_train_start: the sanity check and restore may draw random numbers.
