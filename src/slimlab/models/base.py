@@ -136,5 +136,13 @@ class SlimModule(L.LightningModule):
 
 
 def count_parameters(module: nn.Module) -> int:
-    """Number of parameters in `module` (trainable or not)."""
-    return sum(p.numel() for p in module.parameters())
+    """Number of parameters in `module`, trainable or not, int8 packed weights included."""
+    from torch.ao.nn.quantized.modules.conv import _ConvNd as QuantizedConvNd
+    from torch.ao.nn.quantized.modules.linear import Linear as QuantizedLinear
+
+    total = sum(p.numel() for p in module.parameters())
+    for m in module.modules():
+        if isinstance(m, QuantizedConvNd | QuantizedLinear):  # weights live outside parameters()
+            weight, bias = m.weight(), m.bias()
+            total += weight.numel() + (bias.numel() if bias is not None else 0)
+    return int(total)
