@@ -45,12 +45,11 @@ from typing import Any
 import lightning as L
 import torch
 import torch_pruning as tp
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from slimlab.compression import report as measure_lib
+from slimlab.compression.rewire import forget_best, rebuild_optimizers, rewrap_ddp
 from slimlab.models.base import SlimModule
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
@@ -325,50 +324,6 @@ def restore_pruning(module: SlimModule, entry: dict) -> None:
 def steps_done(module: SlimModule) -> int:
     """Pruning steps already applied to `module` (its "prune" structure entries)."""
     return sum(1 for entry in module.structure_log if entry.get("kind") == "prune")
-
-
-# -- Lightning plumbing: what a structure change means for the run -------------------------------
-def rebuild_optimizers(trainer: L.Trainer) -> None:
-    """New optimizers and LR schedulers for the live parameters, continuing the LR schedule.
-
-    Param-group settings (lr, ...) and scheduler state carry over; optimizer moments, which
-    belong to removed tensors, start fresh.
-    """
-    old_groups = [
-        [{k: v for k, v in group.items() if k != "params"} for group in opt.param_groups]
-        for opt in trainer.optimizers
-    ]
-    old_schedulers = [cfg.scheduler.state_dict() for cfg in trainer.lr_scheduler_configs]
-    trainer.strategy.setup_optimizers(trainer)
-    for groups, optimizer in zip(old_groups, trainer.optimizers):
-        if len(groups) == len(optimizer.param_groups):
-            for settings, group in zip(groups, optimizer.param_groups):
-                group.update(settings)
-    if len(old_schedulers) == len(trainer.lr_scheduler_configs):
-        for state, cfg in zip(old_schedulers, trainer.lr_scheduler_configs):
-            cfg.scheduler.load_state_dict(state)
-
-
-def rewrap_ddp(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-    """Wrap the module in a new DistributedDataParallel that knows its new parameters."""
-    strategy = trainer.strategy
-    if isinstance(strategy, DDPStrategy) and isinstance(strategy.model, DistributedDataParallel):
-        strategy.model = pl_module
-        strategy.configure_ddp()  # collective: checks every rank has the same shapes
-
-
-def forget_best(trainer: L.Trainer) -> None:
-    """Make checkpoint and early-stopping callbacks judge the new structure's epochs alone."""
-    for cb in trainer.callbacks:
-        if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
-            cb.best_k_models = {}
-            cb.kth_best_model_path = ""
-            cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
-            cb.best_model_score = None
-            cb.best_model_path = ""
-        elif isinstance(cb, EarlyStopping):
-            cb.wait_count = 0
-            cb.best_score = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
 
 
 def _val_metrics(trainer: L.Trainer) -> dict[str, float]:

@@ -33,12 +33,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
-from slimlab.compression.pruning import (
-    StructuredPruning,
-    forget_best,
-    rebuild_optimizers,
-    rewrap_ddp,
-)
+from slimlab.compression.pruning import StructuredPruning
+from slimlab.compression.rewire import forget_best, rebuild_optimizers, rewrap_ddp
 from slimlab.models.base import SlimModule
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
@@ -200,17 +196,6 @@ def top1_accuracy(net: nn.Module, dataloaders: Any, device: torch.device) -> tup
     return correct, seen
 
 
-def _rebuild_optimizers_keeping_state(trainer: L.Trainer) -> None:
-    """New optimizers for the QAT network; parameters that survived keep their moments."""
-    old = [dict(opt.state) for opt in trainer.optimizers]
-    rebuild_optimizers(trainer)
-    for state, optimizer in zip(old, trainer.optimizers):
-        for group in optimizer.param_groups:
-            for p in group["params"]:
-                if p in state:
-                    optimizer.state[p] = state[p]
-
-
 # -- the callback -------------------------------------------------------------------------------
 class QuantizationAwareTraining(L.Callback):
     """Train with fake int8 quantization from `start_epoch`, convert to int8 kernels at the end.
@@ -343,7 +328,7 @@ class QuantizationAwareTraining(L.Callback):
         if qat_stage(pl_module) is None and epoch >= self.start_epoch:
             self._prepare(pl_module)
             rewrap_ddp(trainer, pl_module)
-            _rebuild_optimizers_keeping_state(trainer)
+            rebuild_optimizers(trainer, keep_state=True)
             forget_best(trainer)  # an fp32 checkpoint must not become the int8 model
             log.info(f"QAT: fake quantization starts at epoch {epoch}")
         if qat_stage(pl_module) == "prepare":
