@@ -11,33 +11,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
-import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
+from slimlab.utils.compose import compose_config as slimlab_compose
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs"
 
 
 def compose_config(
     tmp_path: Path, overrides: Sequence[str] = (), config_name: str = "train"
 ) -> DictConfig:
     """Compose `config_name` with `overrides`, every output redirected under `tmp_path`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONFIG_DIR)):
-        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=list(overrides))
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(tmp_path)
-        cfg.paths.output_dir = str(tmp_path / "run")
-        cfg.paths.log_dir = str(tmp_path / "logs")
-        cfg.paths.work_dir = str(ROOT)
-        cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        cfg.extras.print_config = False
-    HydraConfig().set_config(cfg)
-    return cfg
+    return slimlab_compose(overrides, tmp_path, config_name)
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 
-from conftest import CONFIG_DIR
+from slimlab.utils.compose import CONFIG_DIR
 from slimlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
 
 

@@ -25,10 +25,6 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "pruning.md"
@@ -39,11 +35,11 @@ from slimlab.compression.pruning import build_pruner, find_head, prune_to  # noq
 from slimlab.compression.report import compare, measure  # noqa: E402
 from slimlab.models.nets import SmallCNN, resnet56  # noqa: E402
 from slimlab.train import train  # noqa: E402
+from slimlab.utils.compose import compose_config  # noqa: E402
 
 
 def train_digits(experiment: str, seed: int, epochs: int, workdir: Path) -> tuple[float, object]:
     """Train `experiment` on digits; return (test accuracy, the trained network)."""
-    GlobalHydra.instance().clear()
     overrides = [
         f"experiment={experiment}",
         f"seed={seed}",
@@ -56,15 +52,7 @@ def train_digits(experiment: str, seed: int, epochs: int, workdir: Path) -> tupl
     ]
     if experiment == "digits_prune":
         overrides.append("compression.prune.report.latency=false")  # measured below instead
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name="train", return_hydra_config=True, overrides=overrides)
-    run = workdir / f"{experiment}_{seed}"
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(run)
-        cfg.paths.log_dir = str(workdir / "logs")
-        cfg.hydra.runtime.output_dir = str(run)
-        cfg.extras.print_config = False
-    HydraConfig().set_config(cfg)
+    cfg = compose_config(overrides, workdir / f"{experiment}_{seed}")
     metrics, objects = train(cfg)
     return float(metrics["test/acc"]), objects["model"].net
 

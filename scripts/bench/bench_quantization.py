@@ -35,16 +35,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 from torch import nn
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
 from slimlab.compression.quantization import convert_int8, prepare_qat, set_qat_state
 from slimlab.compression.report import measure_latency, size_on_disk
 from slimlab.models.nets import CifarResNet, SmallCNN
+from slimlab.utils.compose import compose_config
 
 ROOT = Path(__file__).resolve().parents[2]
 QUIET = [
@@ -58,17 +56,7 @@ QUIET = [
 
 def compose_run(overrides: list[str], out: Path, config_name: str = "train") -> DictConfig:
     """Compose `config_name` with `overrides`, every output under `out`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
-        cfg = compose(config_name=config_name, return_hydra_config=True, overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(out)
-        cfg.paths.output_dir = str(out / "run")
-        cfg.paths.log_dir = str(out / "logs")
-        cfg.paths.work_dir = str(ROOT)
-        cfg.hydra.runtime.output_dir = str(out / "run")
-    HydraConfig().set_config(cfg)
-    return cfg
+    return compose_config(overrides, out, config_name)
 
 
 # -- 1. digits: fp32 vs QAT int8 ------------------------------------------------------------------
