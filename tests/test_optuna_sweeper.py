@@ -197,3 +197,17 @@ def test_bad_sweeper_config_fails_with_a_clear_message(
     assert proc.returncode != 0
     assert message in proc.stderr
     assert not (tmp_path / "multirun" / "0").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://ana:s3cret@db:5432/optuna", "postgresql://ana:***@db:5432/optuna"),
+        ("sqlite:////tmp/study.db", "sqlite:////tmp/study.db"),
+        (None, None),
+    ],
+)
+def test_results_and_messages_never_show_a_storage_password(url: str | None, shown: str) -> None:
+    from hydra_plugins.slimlab_optuna_sweeper.optuna_sweeper import redacted
+
+    assert redacted(url) == shown

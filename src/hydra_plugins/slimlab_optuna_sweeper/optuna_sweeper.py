@@ -99,6 +99,19 @@ def storage_url(storage: str | None) -> str | None:
     return f"sqlite:///{path}" + (f"?{query}" if query else "")
 
 
+def redacted(url: str | None) -> str | None:
+    """`url` with any password masked, for files and messages people share."""
+    if url is None or "://" not in url:
+        return url
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:  # not an SQLAlchemy URL (e.g. a journal storage): keep the scheme only
+        return url.split("://", 1)[0] + "://***"
+
+
 def distribution_from_override(override: Override, origin: str) -> BaseDistribution:
     """Return the optuna distribution of a parsed sweep override; `origin` names it in errors."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -346,8 +359,8 @@ class OptunaSweeper(Sweeper):
         if stored != self.directions:
             raise _config_error(
                 f"hydra.sweeper.direction={self.directions} differs from {stored} of study "
-                f"{study.study_name!r} in {self.storage}: use the same direction or a new "
-                "study_name"
+                f"{study.study_name!r} in {redacted(self.storage)}: use the same direction or a "
+                "new study_name"
             )
         if self.sampler is not None:
             study.sampler = self._build_sampler(seed_offset=len(study.get_trials(deepcopy=False)))
@@ -421,7 +434,7 @@ class OptunaSweeper(Sweeper):
         results: dict[str, Any] = {
             "name": "slimlab_optuna",
             "study_name": study.study_name,
-            "storage": self.storage,
+            "storage": redacted(self.storage),
             "direction": self.directions[0] if len(self.directions) == 1 else self.directions,
             "trials": counts,
         }
