@@ -196,6 +196,7 @@ def test_bad_sweeper_config_fails_with_a_clear_message(
     proc = sweep(tmp_path, override, check=False)
     assert proc.returncode != 0
     assert message in proc.stderr
+    assert "Traceback" not in proc.stderr  # the message alone, as for every bad input
     assert not (tmp_path / "multirun" / "0").exists()
 
 

@@ -13,6 +13,7 @@ imports only Hydra and OmegaConf at the top; optuna and slimlab are imported whe
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -55,11 +56,27 @@ VALID_FORMS = (
 VALID_TAGS = {"interval": {"log", "int"}, "range": {"log"}, "choice": set()}
 
 
-def _config_error(message: str) -> Exception:
-    """Return slimlab's ConfigError, imported late to keep Hydra's plugin scan light."""
+@functools.cache
+def _sweeper_error_type() -> type[Exception]:
+    """slimlab's ConfigError that Hydra prints as its message alone, built on first use.
+
+    The sweeper runs outside the task, so slimlab's entry-point handler never sees its
+    errors; Hydra prints a `CompactHydraException` without a traceback and exits 1. Imported
+    late to keep Hydra's plugin scan light.
+    """
+    from hydra.errors import CompactHydraException
+
     from slimlab.utils.errors import ConfigError
 
-    return ConfigError(message)
+    class SweeperConfigError(ConfigError, CompactHydraException):
+        """Bad sweeper config: a message naming the key and what would be valid."""
+
+    return SweeperConfigError
+
+
+def _config_error(message: str) -> Exception:
+    """Return the error for bad sweeper config (a slimlab ConfigError)."""
+    return _sweeper_error_type()(message)
 
 
 def _import_optuna() -> Any:
