@@ -79,3 +79,38 @@ def test_optuna_search_through_train_py_resumes(tmp_path: Path) -> None:
     assert {t.state.name for t in study.trials} == {"COMPLETE"}
     accs = [json.loads((j / "metrics.json").read_text())["val"]["acc_best"] for j in jobs]
     assert sorted(round(t.value, 6) for t in study.trials) == sorted(round(a, 6) for a in accs)
+    # every epoch's val/acc reached the trial (callbacks.optuna_pruning), for the pruner
+    assert all(sorted(t.intermediate_values) == [0] for t in study.trials)
+
+
+@pytest.mark.slow
+def test_optuna_pruner_stops_trials_through_the_callback(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    run_cli(
+        "train.py",
+        [
+            "-m",
+            "hparams_search=digits_optuna",
+            f"hydra.sweeper.storage={storage}",
+            "hydra.sweeper.n_trials=2",
+            # val/acc is always below 1.1: every trial is pruned once its warm-up epoch is over
+            "hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+            "+hydra.sweeper.pruner.lower=1.1",
+            "hydra.sweeper.pruner.n_warmup_steps=1",
+            *FAST,
+            "trainer.max_epochs=4",
+        ],
+        tmp_path,
+    )
+    import optuna
+
+    study = optuna.load_study(study_name="digits_optuna", storage=storage)
+    assert [t.state.name for t in study.trials] == ["PRUNED", "PRUNED"]
+    # reported after epochs 0 and 1, stopped after epoch 1 of 4
+    assert all(sorted(t.intermediate_values) == [0, 1] for t in study.trials)
+    assert all(0.0 < v <= 1.0 for t in study.trials for v in t.intermediate_values.values())
+    (results,) = (tmp_path / "logs").glob("**/optimization_results.yaml")
+    assert yaml.safe_load(results.read_text())["trials"] == {"pruned": 2}
+    for job in run_folders(tmp_path):  # a pruned job keeps what it wrote, and tests nothing
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert not (job / "metrics.json").exists()

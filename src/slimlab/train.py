@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*} before Hydra composes)
+from slimlab.callbacks.optuna_pruning import end_if_pruned
 from slimlab.models.base import count_parameters
 from slimlab.utils.checkpoints import resolve_checkpoint
 from slimlab.utils.ddp import distributed_job, install_hydra_ddp_launcher
@@ -102,6 +103,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         if cfg.get("train"):
             log.info("Starting training")
             trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+            if end_if_pruned(callbacks, trainer):  # a sweep's pruner stopped it; rank 0 raised
+                return dict(trainer.callback_metrics), objects
         metrics.update(trainer.callback_metrics)
 
         best_path = ""

@@ -29,7 +29,9 @@ class SlimlabOptunaSweeperConf:
     sampler: Any = field(
         default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None}
     )
-    # optional optuna pruner (`_target_` config); a job raising optuna.TrialPruned counts as pruned
+    # optional optuna pruner (`_target_` config, e.g. optuna.pruners.MedianPruner). It acts
+    # through the slimlab.callbacks.OptunaPruning callback, which reports each validation to
+    # the trial and stops a pruned one; a job raising optuna.TrialPruned counts as pruned
     pruner: Any = None
     # key -> search space in Hydra sweep syntax: interval(1e-4, 1e-2), tag(log, interval(..)),
     # tag(int, interval(1, 8)), range(1, 4), choice(32, 64, 128), 1,2,3; a plain value is fixed

@@ -31,7 +31,7 @@ from hydra.core.override_parser.types import (
     Transformer,
 )
 from hydra.core.plugins import Plugins
-from hydra.core.utils import JobReturn
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -54,6 +54,17 @@ VALID_FORMS = (
     "range(start, stop[, step]), choice(a, b, ...), a,b,c, or a fixed value"
 )
 VALID_TAGS = {"interval": {"log", "int"}, "range": {"log"}, "choice": set()}
+
+
+# The trials of the batch being launched, by Hydra job number. Jobs that the launcher runs in
+# this process (Hydra's basic launcher) find their trial here, so a Lightning callback
+# (slimlab.callbacks.OptunaPruning) can report intermediate values to the study's pruner.
+_RUNNING_TRIALS: dict[int, Any] = {}
+
+
+def running_trial(job_num: int) -> optuna.Trial | None:
+    """The trial that Hydra job `job_num` runs, if this process launched it, else None."""
+    return _RUNNING_TRIALS.get(job_num)
 
 
 @functools.cache
@@ -338,7 +349,11 @@ class OptunaSweeper(Sweeper):
                 for trial in batch:
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-            results = self.launcher.launch(overrides, initial_job_idx=job_idx)
+            _RUNNING_TRIALS.update((job_idx + i, trial) for i, trial in enumerate(batch))
+            try:
+                results = self.launcher.launch(overrides, initial_job_idx=job_idx)
+            finally:
+                _RUNNING_TRIALS.clear()
             for trial, trial_overrides, result in zip(batch, overrides, results):
                 self._tell(study, trial, trial_overrides, result)
             returns.append(results)
@@ -415,12 +430,15 @@ class OptunaSweeper(Sweeper):
         import optuna
 
         job = trial.user_attrs.get(JOB_IDX_ATTR)
-        try:
-            returned = result.return_value  # re-raises what the job raised
-        except optuna.TrialPruned:
-            log.info("Trial %d (job %s) was pruned", trial.number, job)
+        # a pruned job is no error: read what it raised without `return_value`, which logs
+        # "Error executing job" before it re-raises
+        raised = getattr(result, "_return_value", None)
+        if result.status == JobStatus.FAILED and isinstance(raised, optuna.TrialPruned):
+            log.info("Trial %d (job %s) was %s", trial.number, job, raised)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             return
+        try:
+            returned = result.return_value  # re-raises what the job raised
         except Exception as exc:
             log.warning(
                 "Trial %d (job %s) raised %r; overrides %s",

@@ -31,6 +31,8 @@ def hydra_job_command(local_rank: int) -> tuple[Sequence[str], str]:
         command = [sys.executable, "-m", __main__.__spec__.name]
     command += list(hydra_cfg.overrides.task)
     command += [
+        # a config may set hydra.mode=MULTIRUN (hparams_search does): the rank runs one job
+        "hydra.mode=RUN",
         f"hydra.run.dir={hydra_cfg.runtime.output_dir}",
         f"hydra.job.name={hydra_cfg.job.name}_rank{local_rank}",
         "hydra.output_subdir=null",
