@@ -31,31 +31,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
 from slimlab.train import train
-from slimlab.utils.compose import compose_config
-
-ROOT = Path(__file__).resolve().parents[2]
-QUIET = [
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "logger=none",
-    "extras.print_config=false",
-    "extras.ignore_warnings=true",
-]
-
-
-def compose_run(overrides: list[str], out: Path) -> DictConfig:
-    """Compose configs/train.yaml with `overrides`, every output under `out`."""
-    return compose_config(overrides, out)
+from slimlab.utils.compose import QUIET, compose_config
 
 
 def run(overrides: list[str], out: Path) -> dict[str, Any]:
     """Train + test one config; return metrics.json's content and the wall time."""
     start = time.perf_counter()
-    cfg = compose_run([*QUIET, *overrides], out)
+    cfg = compose_config([*QUIET, *overrides], out)
     train(cfg)
     summary = json.loads((out / "run" / "metrics.json").read_text())
     summary["bench_wall_s"] = round(time.perf_counter() - start, 1)

@@ -35,28 +35,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
 from slimlab.compression.quantization import convert_int8, prepare_qat, set_qat_state
 from slimlab.compression.report import measure_latency, size_on_disk
 from slimlab.models.nets import CifarResNet, SmallCNN
-from slimlab.utils.compose import compose_config
+from slimlab.utils.compose import QUIET, compose_config
 
-ROOT = Path(__file__).resolve().parents[2]
-QUIET = [
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "logger=none",
-    "extras.print_config=false",
-    "extras.ignore_warnings=true",
-]
-
-
-def compose_run(overrides: list[str], out: Path, config_name: str = "train") -> DictConfig:
-    """Compose `config_name` with `overrides`, every output under `out`."""
-    return compose_config(overrides, out, config_name)
+EVAL_QUIET = [o for o in QUIET if not o.startswith("callbacks.")]  # eval.yaml has no callbacks
 
 
 # -- 1. digits: fp32 vs QAT int8 ------------------------------------------------------------------
@@ -68,7 +55,7 @@ def bench_digits(work: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name in ("digits_cnn", "digits_qat"):
         start = time.perf_counter()
-        metrics, objects = train(compose_run([f"experiment={name}", *QUIET], work / name))
+        metrics, objects = train(compose_config([f"experiment={name}", *QUIET], work / name))
         model = objects["model"]
         results[name] = {
             "test_acc": float(metrics["test/acc"]),
@@ -79,7 +66,7 @@ def bench_digits(work: Path) -> dict[str, Any]:
         }
     best = results["digits_qat"]["best_checkpoint"]
     eval_metrics, _ = evaluate(
-        compose_run([f"ckpt_path={best}", *QUIET[2:]], work / "eval", config_name="eval")
+        compose_config([f"ckpt_path={best}", *EVAL_QUIET], work / "eval", config_name="eval")
     )
     results["digits_qat"]["eval_test_acc"] = float(eval_metrics["test/acc"])
     return results
@@ -170,7 +157,8 @@ def bench_bnb_weights(work: Path) -> dict[str, Any]:
     from slimlab.compression.quantization import top1_accuracy
     from slimlab.train import train
 
-    _, objects = train(compose_run(["experiment=digits_mlp", *QUIET, "test=false"], work / "mlp"))
+    cfg = compose_config(["experiment=digits_mlp", *QUIET, "test=false"], work / "mlp")
+    _, objects = train(cfg)
     model, data = objects["model"], objects["datamodule"]
     data.setup("test")
     net = model.net.cpu().eval()

@@ -15,6 +15,16 @@ import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
 # the clone's configs/ folder (SlimLab is used from a clone, installed editable)
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
+# overrides for runs driven from Python (benchmarks): no progress bar, model summary,
+# loggers, config print or warnings
+QUIET = (
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "logger=none",
+    "extras.print_config=false",
+    "extras.ignore_warnings=true",
+)
+
 
 def compose_config(
     overrides: Sequence[str], out_dir: str | Path, config_name: str = "train"
