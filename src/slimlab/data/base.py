@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -9,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from slimlab.data.augment import Normalize
 from slimlab.data.sampler import EpochShuffleSampler
 from slimlab.utils.errors import require
 
@@ -114,3 +116,17 @@ class ClassificationDataModule(L.LightningDataModule):
     def example_input(self) -> torch.Tensor:
         """A batch of one zero image in this dataset's input shape."""
         return torch.zeros(1, *self.input_shape)
+
+
+class DownloadedDataModule(ClassificationDataModule):
+    """Base of the datasets kept as uint8 files in `data_dir` (fetched when `download` is on).
+
+    With `normalize=None` the uint8 batches are only scaled to [0, 1] floats.
+    """
+
+    def __init__(self, data_dir: str, download: bool = True, **kwargs: Any) -> None:
+        if kwargs.get("normalize") is None:
+            kwargs["normalize"] = Normalize(mean=[0.0], std=[1.0])  # uint8 -> float in [0, 1]
+        super().__init__(**kwargs)
+        self.data_dir = Path(data_dir).expanduser()
+        self.download = download

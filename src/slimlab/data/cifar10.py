@@ -17,8 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from slimlab.data.augment import Normalize
-from slimlab.data.base import ClassificationDataModule
+from slimlab.data.base import DownloadedDataModule
 from slimlab.data.download import DownloadError, download, md5_of, split_train_val
 from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
@@ -139,7 +138,7 @@ def _missing_batches(folder: Path) -> list[str]:
     return [name for name in [*TRAIN_BATCHES, TEST_BATCH] if not (folder / name).is_file()]
 
 
-class CIFAR10DataModule(ClassificationDataModule):
+class CIFAR10DataModule(DownloadedDataModule):
     """CIFAR-10 from `data_dir`, downloaded (MD5-checked) and unpacked there when missing.
 
     `data_dir` holds `cifar-10-python.tar.gz` and/or its unpacked `cifar-10-batches-py/`.
@@ -150,13 +149,6 @@ class CIFAR10DataModule(ClassificationDataModule):
 
     num_classes = 10
     input_shape = (3, 32, 32)
-
-    def __init__(self, data_dir: str, download: bool = True, **kwargs) -> None:
-        if kwargs.get("normalize") is None:
-            kwargs["normalize"] = Normalize(mean=[0.0], std=[1.0])  # uint8 -> float in [0, 1]
-        super().__init__(**kwargs)
-        self.data_dir = Path(data_dir).expanduser()
-        self.download = download
 
     def _missing_error(self, reason: str) -> ConfigError:
         return ConfigError(

@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from slimlab.data.augment import Normalize
-from slimlab.data.base import ClassificationDataModule
+from slimlab.data.base import DownloadedDataModule
 from slimlab.data.download import DownloadError, download, md5_of, split_train_val
 from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
@@ -88,7 +87,7 @@ def load_split(
     return x, y
 
 
-class MNISTDataModule(ClassificationDataModule):
+class MNISTDataModule(DownloadedDataModule):
     """MNIST from `data_dir`, downloaded there (MD5-checked) when missing and `download` is on.
 
     `data_dir` holds the four published files, gzipped (`train-images-idx3-ubyte.gz`, ...) or
@@ -99,13 +98,6 @@ class MNISTDataModule(ClassificationDataModule):
 
     num_classes = 10
     input_shape = (1, 28, 28)
-
-    def __init__(self, data_dir: str, download: bool = True, **kwargs) -> None:
-        if kwargs.get("normalize") is None:
-            kwargs["normalize"] = Normalize(mean=[0.0], std=[1.0])  # uint8 -> float in [0, 1]
-        super().__init__(**kwargs)
-        self.data_dir = Path(data_dir).expanduser()
-        self.download = download
 
     def _local(self, gz_name: str) -> Path | None:
         """The file for `gz_name` in data_dir (gzipped or unpacked), or None."""
