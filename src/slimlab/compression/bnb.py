@@ -148,7 +148,7 @@ class BitsAndBytesWeights(L.Callback):
 
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from slimlab.compression.quantization import top1_accuracy
-        from slimlab.compression.report import compare, size_on_disk
+        from slimlab.compression.report import add_section, compare, size_on_disk
 
         require(
             isinstance(pl_module, SlimModule),
@@ -185,7 +185,5 @@ class BitsAndBytesWeights(L.Callback):
         }
         if totals[1] > 0:
             section["test_acc_change"] = after["test_acc"] - before["test_acc"]
-        report = dict(getattr(pl_module, "compression_report", None) or {})
-        report["bnb_weights"] = section
-        pl_module.compression_report = report
+        add_section(pl_module, "bnb_weights", section)
         log.info(f"bitsandbytes report: {section}")

@@ -376,9 +376,7 @@ class KnowledgeDistillation(Callback):
             teacher = measure_lib.measure(self.teacher, example, latency=latency)
             student = measure_lib.measure(pl_module.net, example, latency=latency)
             section["vs_teacher"] = measure_lib.compare(teacher, student)
-        report = dict(getattr(pl_module, "compression_report", None) or {})
-        report["distillation"] = section
-        pl_module.compression_report = report
+        measure_lib.add_section(pl_module, "distillation", section)
 
     # the teacher's test accuracy, next to the student's, when the run tests after fit
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

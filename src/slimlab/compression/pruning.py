@@ -748,9 +748,7 @@ class StructuredPruning(L.Callback):
         }
         if "val_acc" in before and "val_acc" in after:
             section["val_acc_change"] = after["val_acc"] - before["val_acc"]
-        report = dict(getattr(pl_module, "compression_report", None) or {})
-        report["pruning"] = section
-        pl_module.compression_report = report
+        measure_lib.add_section(pl_module, "pruning", section)
         flat = _flatten(
             "compression/pruning", {k: v for k, v in section.items() if k != "widths"}, {}
         )

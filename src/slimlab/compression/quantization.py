@@ -445,7 +445,5 @@ class QuantizationAwareTraining(L.Callback):
         }
         if totals[1] > 0:
             section["val_acc_change"] = after["val_acc"] - before["val_acc"]
-        report = dict(getattr(pl_module, "compression_report", None) or {})
-        report["quantization"] = section
-        pl_module.compression_report = report
+        measure_lib.add_section(pl_module, "quantization", section)
         log.info(f"QAT report: {section}")

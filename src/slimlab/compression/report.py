@@ -208,3 +208,10 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
         key = f"latency_ms_b{batch_size}"
         result[f"speedup_b{batch_size}"] = _ratio(before.get(key), after.get(key))
     return result
+
+
+def add_section(pl_module: Any, name: str, section: dict[str, Any]) -> None:
+    """Put `section` under `name` in `pl_module.compression_report` (what metrics.json gets)."""
+    report = dict(getattr(pl_module, "compression_report", None) or {})
+    report[name] = section
+    pl_module.compression_report = report
