@@ -22,10 +22,8 @@ def _current_trial() -> Any:
     job_num = HydraConfig.get().job.get("num")
     if job_num is None:
         return None
-    try:
-        from hydra_plugins.slimlab_optuna_sweeper.optuna_sweeper import running_trial
-    except ImportError:
-        return None
+    from hydra_plugins.slimlab_optuna_sweeper.optuna_sweeper import running_trial
+
     return running_trial(int(job_num))
 
 
