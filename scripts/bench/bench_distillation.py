@@ -89,7 +89,7 @@ def kd_comparison(args: argparse.Namespace, work: Path, teacher: dict) -> dict[s
 
 
 def recipe(args: argparse.Namespace, work: Path, teacher: dict) -> dict[str, Any]:
-    from slimlab.eval import load_module
+    from slimlab.models.base import load_module
 
     summary = run(
         [

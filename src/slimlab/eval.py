@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*} before Hydra composes)
-from slimlab.models.base import SlimModule, count_parameters
+from slimlab.models.base import count_parameters, load_module
 from slimlab.train import apply_extras, finish_loggers
 from slimlab.utils.checkpoints import resolve_checkpoint
 from slimlab.utils.errors import ConfigError
@@ -19,28 +19,6 @@ from slimlab.utils.logging import get_logger
 from slimlab.utils.run_files import write_json_atomic
 
 log = get_logger(__name__)
-
-
-def load_module(ckpt_path: str, model_class: str | None = None) -> SlimModule:
-    """Load a SlimLab checkpoint into its own (possibly pruned or quantized) network.
-
-    The class comes from `model_class`, else from the run config stored in the checkpoint.
-    The file is read with `weights_only=True`: loading it cannot execute pickled code.
-    """
-    import torch
-
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    run = (checkpoint.get("slimlab") or {}).get("run_config") or {}
-    target = model_class or (run.get("model") or {}).get("_target_")
-    if not target:
-        raise ConfigError(
-            f"ckpt_path={ckpt_path} holds no SlimLab run config: give model_class=<import path "
-            "of its LightningModule>, e.g. model_class=slimlab.models.ImageClassifier"
-        )
-    cls = get_class(target)
-    if not (isinstance(cls, type) and issubclass(cls, SlimModule)):
-        raise ConfigError(f"model_class={target} is not a slimlab.models.SlimModule subclass")
-    return cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)
 
 
 def check_ckpt_given(cfg: DictConfig) -> None:

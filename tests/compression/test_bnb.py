@@ -15,8 +15,8 @@ from conftest import compose_config
 from slimlab.compression import bnb
 from slimlab.compression.report import size_on_disk
 from slimlab.data import DigitsDataModule
-from slimlab.eval import load_module
 from slimlab.models import ImageClassifier
+from slimlab.models.base import load_module
 from slimlab.models.nets import MLP
 from slimlab.train import train
 from slimlab.utils.errors import ConfigError

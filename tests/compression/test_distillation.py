@@ -14,8 +14,8 @@ from hydra.errors import InstantiationException
 
 from conftest import compose_config, run_cli, run_folders
 from slimlab.compression.distillation import PROJECTIONS, KnowledgeDistillation, kd_loss
-from slimlab.eval import evaluate, load_module
-from slimlab.models.base import count_parameters
+from slimlab.eval import evaluate
+from slimlab.models.base import count_parameters, load_module
 from slimlab.train import train
 from slimlab.utils.errors import ConfigError, find_config_error
 from slimlab.utils.instantiate import instantiate_callbacks

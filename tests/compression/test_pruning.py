@@ -23,8 +23,9 @@ from slimlab.compression.pruning import (
     steps_done,
 )
 from slimlab.compression.report import count_macs, count_params
-from slimlab.eval import evaluate, load_module
+from slimlab.eval import evaluate
 from slimlab.models import ImageClassifier
+from slimlab.models.base import load_module
 from slimlab.models.nets import CifarResNet, SmallCNN
 from slimlab.train import train
 from slimlab.utils.errors import ConfigError, find_config_error

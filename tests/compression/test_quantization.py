@@ -18,8 +18,9 @@ from slimlab.compression.quantization import (
     qat_stage,
 )
 from slimlab.data import DigitsDataModule
-from slimlab.eval import evaluate, load_module
+from slimlab.eval import evaluate
 from slimlab.models import ImageClassifier
+from slimlab.models.base import load_module
 from slimlab.models.nets import CifarResNet
 from slimlab.train import train
 from slimlab.utils.errors import ConfigError

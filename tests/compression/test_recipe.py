@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import compose_config
-from slimlab.eval import evaluate, load_module
+from slimlab.eval import evaluate
+from slimlab.models.base import load_module
 from slimlab.train import train
 from slimlab.utils.errors import ConfigError
 

@@ -51,9 +51,9 @@ from torch import nn
 
 from slimlab.compression import report as measure_lib
 from slimlab.models.base import SlimModule
-from slimlab.models.classifier import to_plain
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
+from slimlab.utils.plain import to_plain
 
 log = get_logger(__name__)
 
@@ -248,7 +248,7 @@ class KnowledgeDistillation(Callback):
     def build_teacher(self) -> nn.Module:
         """The teacher network, in eval mode with gradients off (built on the CPU)."""
         if self.teacher_ckpt is not None:
-            from slimlab.eval import load_module
+            from slimlab.models.base import load_module
 
             path = self._resolve_ckpt()
             try:

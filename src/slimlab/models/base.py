@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.utils import get_class
 from torch import nn
 
 from slimlab.utils.errors import ConfigError
+from slimlab.utils.plain import is_plain
 
 LossTerm = Callable[[Any, torch.Tensor], torch.Tensor]
 
@@ -58,12 +60,26 @@ def _restorer(kind: str) -> Callable[[SlimModule, dict], None]:
     return getattr(importlib.import_module(module_name), function)
 
 
-def _is_plain(value: Any) -> bool:
-    if isinstance(value, dict):
-        return all(isinstance(k, str | int) and _is_plain(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(_is_plain(v) for v in value)
-    return value is None or isinstance(value, bool | int | float | str)
+def logits_of(output: Any) -> torch.Tensor:
+    """The logits in a network's output: the tensor itself, or `output["logits"]` /
+    `output.logits` (Hugging Face models return such objects)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        logits = output.get("logits")
+    else:
+        logits = getattr(output, "logits", None)
+    if not isinstance(logits, torch.Tensor):
+        raise ConfigError(
+            f"model.net returned {type(output).__name__}, which holds no logits: a net must "
+            "return a tensor of logits, or a dict/object with a `logits` tensor"
+        )
+    return logits
+
+
+def call_net(net: nn.Module, inputs: Any) -> Any:
+    """Run `net` on an input as the contract allows: a tensor, or a dict of named tensors."""
+    return net(**inputs) if isinstance(inputs, Mapping) else net(inputs)
 
 
 class SlimModule(L.LightningModule):
@@ -103,7 +119,7 @@ class SlimModule(L.LightningModule):
 
     def record_structure(self, entry: dict) -> None:
         """Append a plain-data structure entry (must hold "kind") to the checkpointed log."""
-        if "kind" not in entry or not _is_plain(entry):
+        if "kind" not in entry or not is_plain(entry):
             raise TypeError(
                 "a structure entry must be a dict with a 'kind' key holding only plain "
                 "containers (dict, list, str, int, float, bool, None)"
@@ -146,3 +162,23 @@ def count_parameters(module: nn.Module) -> int:
             weight, bias = m.weight(), m.bias()
             total += weight.numel() + (bias.numel() if bias is not None else 0)
     return int(total)
+
+
+def load_module(ckpt_path: str, model_class: str | None = None) -> SlimModule:
+    """Load a SlimLab checkpoint into its own (possibly pruned or quantized) network.
+
+    The class comes from `model_class`, else from the run config stored in the checkpoint.
+    The file is read with `weights_only=True`: loading it cannot execute pickled code.
+    """
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    run = (checkpoint.get("slimlab") or {}).get("run_config") or {}
+    target = model_class or (run.get("model") or {}).get("_target_")
+    if not target:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} holds no SlimLab run config: give model_class=<import path "
+            "of its LightningModule>, e.g. model_class=slimlab.models.ImageClassifier"
+        )
+    cls = get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, SlimModule)):
+        raise ConfigError(f"model_class={target} is not a slimlab.models.SlimModule subclass")
+    return cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)

@@ -7,20 +7,13 @@ from typing import Any
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from slimlab.models.base import SlimModule
 from slimlab.utils.errors import require
-
-
-def to_plain(value: Any) -> Any:
-    """Resolve an OmegaConf node into plain dicts/lists (checkpoints must not pickle it)."""
-    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
+from slimlab.utils.plain import to_plain
 
 
 class ImageClassifier(SlimModule):

@@ -14,7 +14,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
-from lightning.pytorch.strategies.launchers import subprocess_script
+
+from slimlab.utils.compat import set_lightning_hydra_subprocess_command
 
 
 def hydra_job_command(local_rank: int) -> tuple[Sequence[str], str]:
@@ -44,7 +45,7 @@ def hydra_job_command(local_rank: int) -> tuple[Sequence[str], str]:
 
 def install_hydra_ddp_launcher() -> None:
     """Make Lightning's subprocess launcher use `hydra_job_command` (idempotent)."""
-    subprocess_script._hydra_subprocess_cmd = hydra_job_command
+    set_lightning_hydra_subprocess_command(hydra_job_command)
 
 
 # Variables Lightning's launcher writes into this process's environment for its DDP ranks.
