@@ -81,3 +81,25 @@ def no_network(monkeypatch):
         return real(url, *args, **kwargs)
 
     monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+def cuda_skip_reason() -> str | None:
+    """Why `gpu` tests cannot run in this process, or None when CUDA is usable."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+    return (
+        f"gpu test: torch.cuda.is_available() is False (torch {torch.__version__}, {build}); "
+        "run scripts/gpu_check.sh on a machine with an NVIDIA GPU"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip every `gpu`-marked test, with the reason, where CUDA is not available."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    reason = cuda_skip_reason() if gpu_items else None
+    if reason:
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason=reason))
