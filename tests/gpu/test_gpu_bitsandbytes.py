@@ -3,7 +3,9 @@ linear weights; every checkpoint tested again on CPU."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -23,13 +25,24 @@ def _bitsandbytes() -> None:
     require_module("bitsandbytes", 'pip install -e ".[bnb]"')
 
 
+def _tensors(state: Any) -> Iterator[torch.Tensor]:
+    """Every tensor in a (nested) optimizer state (bitsandbytes wraps its quantized state)."""
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for value in state.values():
+            yield from _tensors(value)
+    elif isinstance(state, list | tuple):
+        for value in state:
+            yield from _tensors(value)
+
+
 @pytest.mark.parametrize("optimizer", ["adamw8bit", "paged_adamw8bit"])
 def test_8bit_optimizer_trains_on_gpu(optimizer: str, tmp_path: Path) -> None:
     run = train(overrides(optimizer), tmp_path)
     assert run.summary["test"]["acc"] > 0.8, run.summary
     last = torch.load(run.folder / "checkpoints" / "last.ckpt", weights_only=True)
-    states = last["optimizer_states"][0]["state"].values()
-    dtypes = {state["state1"].dtype for state in states if "state1" in state}
+    dtypes = {t.dtype for t in _tensors(last["optimizer_states"][0]["state"])}
     assert torch.uint8 in dtypes, f"no 8-bit optimizer state in last.ckpt: {dtypes}"
 
     assert_same_test_metrics(run.summary, evaluate_on_cpu(run.best, tmp_path))
