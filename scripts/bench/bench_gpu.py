@@ -1,4 +1,4 @@
-"""GPU training throughput: bf16-mixed vs fp32, and SlimLab's training loop vs a plain PyTorch loop.
+"""GPU training throughput: bf16-mixed vs fp32, and SlimLab's loop vs a plain PyTorch loop.
 
     python scripts/bench/bench_gpu.py                  # on the GPU, ~1-2 min -> logs/bench/
     python scripts/bench/bench_gpu.py --update-docs    # ... and the table in docs/gpu.md
