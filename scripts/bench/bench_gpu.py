@@ -49,6 +49,9 @@ from slimlab.utils.compose import compose_config
 from slimlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+from gpu_summary import write_block  # noqa: E402  (docs/gpu.md's block writer)
+
 DOC = ROOT / "docs" / "gpu.md"
 START, END = "<!-- bench_gpu:start -->", "<!-- bench_gpu:end -->"
 PRECISIONS = {"fp32": "32-true", "bf16-mixed": "bf16-mixed"}
@@ -246,15 +249,6 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_docs(table: str) -> None:
-    text = DOC.read_text()
-    if START not in text or END not in text:
-        raise SystemExit(f"{DOC} has no {START} ... {END} block to fill")
-    before, rest = text.split(START, 1)
-    _, after = rest.split(END, 1)
-    DOC.write_text(f"{before}{START}\n{table}\n{END}{after}")
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -281,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench_gpu.md").write_text(table + "\n")
     print(f"wrote {args.out / 'bench_gpu.json'} and bench_gpu.md", file=sys.stderr)
     if args.update_docs:
-        write_docs(table)
+        write_block(DOC, START, END, table)
         print(f"wrote {DOC}", file=sys.stderr)
     return 0
 
