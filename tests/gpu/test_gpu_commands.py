@@ -8,10 +8,18 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
-from gpu_runs import COMPRESSION, RUNS, SHARDED, overrides, sharded_overrides
+from gpu_runs import (
+    COMPRESSION,
+    RUNS,
+    SHARDED,
+    assert_refused_at_setup,
+    overrides,
+    sharded_overrides,
+)
 
 import conftest
 from conftest import ROOT, compose_config
@@ -107,3 +115,30 @@ def test_without_cuda_every_gpu_test_skips_with_the_reason() -> None:
     assert skipped >= len(RUNS), summary  # every run is at least one test
     reasons = [line for line in out.splitlines() if line.startswith("SKIPPED")]
     assert reasons and all("torch.cuda.is_available() is False" in r for r in reasons), reasons
+
+
+@pytest.mark.parametrize("strategy", SHARDED)
+def test_refusal_check_accepts_pruning_refusing_a_sharded_strategy(
+    strategy: str, compose_cfg, tmp_path: Path
+) -> None:
+    """The GPU tests' "refuses clearly" criterion holds for the real refusal pruning gives."""
+    from hydra.utils import instantiate
+
+    from slimlab.compression.pruning import StructuredPruning
+    from slimlab.utils.errors import ConfigError
+
+    if strategy == "deepspeed":
+        pytest.importorskip("deepspeed", reason="DeepSpeed is an optional, GPU-only dependency")
+    cfg = compose_cfg(["experiment=digits_prune", f"trainer={strategy}"])
+    trainer = SimpleNamespace(
+        strategy=instantiate(cfg.trainer.strategy), max_epochs=3, fast_dev_run=False
+    )
+    module = instantiate(cfg.model, _recursive_=False)
+    with pytest.raises(ConfigError) as refusal:
+        StructuredPruning().setup(trainer, module, "fit")
+    proc = SimpleNamespace(returncode=2, stdout="", stderr=f"Error: {refusal.value}\n")
+    assert_refused_at_setup(proc, "prune", strategy, tmp_path)
+
+    crashed = SimpleNamespace(returncode=2, stdout="", stderr="Traceback (most recent call...")
+    with pytest.raises(AssertionError):
+        assert_refused_at_setup(crashed, "prune", strategy, tmp_path)
