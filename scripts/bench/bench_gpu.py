@@ -2,6 +2,8 @@
 
     python scripts/bench/bench_gpu.py                  # on the GPU, ~1-2 min -> logs/bench/
     python scripts/bench/bench_gpu.py --update-docs    # ... and the table in docs/gpu.md
+    python scripts/bench/bench_gpu.py --from-json <dir>/bench_gpu.json --update-docs
+                                                       # a result fetched from a GPU machine
     python scripts/bench/bench_gpu.py --device cpu --steps 3 --warmup 1 --batch-size 8 --repeats 1
                                                        # the same code path on CPU, in seconds
 
@@ -258,25 +260,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds, >= 1")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "bench")
     parser.add_argument("--update-docs", action="store_true", help=f"write into {DOC.name}")
+    parser.add_argument("--doc", type=Path, default=DOC, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        help="render a bench_gpu.json measured elsewhere (e.g. fetched from a GPU machine)",
+    )
     args = parser.parse_args(argv)
-    if min(args.batch_size, args.warmup, args.steps, args.repeats) < 1:
-        parser.error("--batch-size, --warmup, --steps and --repeats must each be >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: torch.cuda.is_available() is False (give --device cpu)")
-    if args.update_docs and args.device != "cuda":
-        parser.error("--update-docs records GPU results: run it with --device cuda")
-    warnings.filterwarnings("ignore")
-
-    result = measure(args)
-    table = render(result)
-    print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "bench_gpu.md").write_text(table + "\n")
-    print(f"wrote {args.out / 'bench_gpu.json'} and bench_gpu.md", file=sys.stderr)
+    if args.from_json:
+        result = json.loads(args.from_json.read_text())
+        if args.update_docs and result["device"] == "cpu":
+            parser.error(
+                f"--update-docs records GPU results: {args.from_json} was measured on CPU"
+            )
+        table = render(result)
+        print(table)
+    else:
+        if min(args.batch_size, args.warmup, args.steps, args.repeats) < 1:
+            parser.error("--batch-size, --warmup, --steps and --repeats must each be >= 1")
+        if args.device == "cuda" and not torch.cuda.is_available():
+            parser.error("--device cuda: torch.cuda.is_available() is False (give --device cpu)")
+        if args.update_docs and args.device != "cuda":
+            parser.error("--update-docs records GPU results: run it with --device cuda")
+        warnings.filterwarnings("ignore")
+        result = measure(args)
+        table = render(result)
+        print(table)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / "bench_gpu.md").write_text(table + "\n")
+        print(f"wrote {args.out / 'bench_gpu.json'} and bench_gpu.md", file=sys.stderr)
     if args.update_docs:
-        write_block(DOC, START, END, table)
-        print(f"wrote {DOC}", file=sys.stderr)
+        write_block(args.doc, START, END, table)
+        print(f"wrote {args.doc}", file=sys.stderr)
     return 0
 
 
