@@ -87,8 +87,8 @@ def _key_paths(node: Any, name: str, prefix: str = "") -> list[str]:
     return found
 
 
-def _serve_keys() -> tuple[str, str]:
-    """Where configs/serve.yaml keeps the host and the port (`host`/`port`, or nested)."""
+def _serve_config() -> dict:
+    """configs/serve.yaml as composed (not resolved)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
@@ -97,9 +97,8 @@ def _serve_keys() -> tuple[str, str]:
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "configs")):
         cfg = OmegaConf.to_container(compose(config_name="serve"), resolve=False)
     GlobalHydra.instance().clear()
-    hosts, ports = _key_paths(cfg, "host"), _key_paths(cfg, "port")
-    assert len(hosts) == 1 and len(ports) == 1, f"serve.yaml: host keys {hosts}, port {ports}"
-    return hosts[0], ports[0]
+    assert isinstance(cfg, dict)
+    return cfg
 
 
 def _request(url: str, body: Any = None) -> tuple[int, Any]:
@@ -134,7 +133,10 @@ def test_serve_answers_from_a_gpu_trained_checkpoint(
 ) -> None:
     _require_entry("serve.py")
     run = shared_run("fp32", tmp_path_factory)
-    host_key, port_key = _serve_keys()
+    cfg = _serve_config()
+    hosts, ports = _key_paths(cfg, "host"), _key_paths(cfg, "port")
+    assert len(hosts) == len(ports) == 1, f"configs/serve.yaml: host keys {hosts}, port {ports}"
+    host_key, port_key = hosts[0], ports[0]
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     command = [
@@ -143,11 +145,16 @@ def test_serve_answers_from_a_gpu_trained_checkpoint(
         f"ckpt_path={run.best}",
         f"{host_key}=127.0.0.1",
         f"{port_key}={port}",
-        f"paths.log_dir={tmp_path / 'logs'}",
     ]
+    if "paths" in cfg:  # keep its logs under tmp_path
+        command.append(f"paths.log_dir={tmp_path / 'logs'}")
     log = (tmp_path / "serve.log").open("w")
     server = subprocess.Popen(
-        command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+        command,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -155,7 +162,7 @@ def test_serve_answers_from_a_gpu_trained_checkpoint(
         while time.monotonic() < deadline and server.poll() is None:
             try:
                 status, _ = _request(f"{url}/ready")
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # not listening yet
                 status = None
             if status == 200:
                 break
