@@ -17,6 +17,9 @@ from omegaconf import DictConfig
 from slimlab.utils.compose import compose_config as slimlab_compose
 
 ROOT = Path(__file__).resolve().parents[1]
+# overrides for in-process runs: no progress bar or model summary (NO_BARS), and no logger
+NO_BARS = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
+QUIET = [*NO_BARS, "logger=none"]
 
 
 def compose_config(
