@@ -14,12 +14,10 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from slimlab.utils.compose import NO_BARS, QUIET  # noqa: F401  (re-exported for the tests)
 from slimlab.utils.compose import compose_config as slimlab_compose
 
 ROOT = Path(__file__).resolve().parents[1]
-# overrides for in-process runs: no progress bar or model summary (NO_BARS), and no logger
-NO_BARS = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
-QUIET = [*NO_BARS, "logger=none"]
 
 
 def compose_config(

@@ -95,10 +95,18 @@ class CompressionCallback(L.Callback):
     def check_setup(self, trainer: L.Trainer, pl_module: L.LightningModule) -> SlimModule:
         """The strategy and contract checks every compression callback makes in `setup`."""
         self.check_strategy(trainer)
+        self._loss_terms_checked = False
         return check_contract(pl_module, self.key)
 
-    def check_loss_terms_used(self, pl_module: SlimModule, names: Sequence[str]) -> None:
-        """Fail when loss terms this callback added were never called by `combine_loss`."""
+    def check_loss_terms_used(self, pl_module: L.LightningModule, names: Sequence[str]) -> None:
+        """Fail when loss terms this callback added were never called by `combine_loss`.
+
+        Call it from `on_train_batch_end`: it checks after the first batch of each fit only.
+        """
+        if getattr(self, "_loss_terms_checked", False):
+            return
+        self._loss_terms_checked = True
+        assert isinstance(pl_module, SlimModule)
         unused = [
             n for n in names if n in pl_module.loss_terms and not pl_module.loss_term_calls[n]
         ]

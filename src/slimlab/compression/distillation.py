@@ -256,7 +256,6 @@ class KnowledgeDistillation(CompressionCallback):
         self._saved_task_weight = 1.0
         self._teacher_data: dict | None = None
         self._teacher_progress: dict[str, Any] = {}  # epoch / max_epochs of a checkpoint teacher
-        self._terms_checked = False
         self._test_counts = [0, 0]  # the teacher's (correct, seen) on the test set
 
     # -- building the teacher ---------------------------------------------------------------
@@ -374,7 +373,6 @@ class KnowledgeDistillation(CompressionCallback):
         if stage != "fit":
             return
         pl_module = self.check_setup(trainer, pl_module)
-        self._terms_checked = False
         if self.teacher is None:
             self.teacher = self.build_teacher()
             self._warn_if_other_data(pl_module)
@@ -432,10 +430,7 @@ class KnowledgeDistillation(CompressionCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not self._terms_checked:  # the KD terms must be in the loss from the first batch
-            assert isinstance(pl_module, SlimModule)
-            self.check_loss_terms_used(pl_module, LOSS_TERMS)
-            self._terms_checked = True
+        self.check_loss_terms_used(pl_module, LOSS_TERMS)  # in the loss from the first batch
 
     @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

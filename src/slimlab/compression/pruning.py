@@ -355,7 +355,6 @@ class StructuredPruning(CompressionCallback):
         self.report = measure.report_settings(report, KEY)
         self._head: str | None = None
         self._pruner: tp.pruner.BasePruner | None = None  # rank 0's, built in setup
-        self._terms_checked = False
         # state (see state_dict): the pruner's progress, the dense network's measurements and
         # best validation, the pruned network's, the channel ratio after each step, Taylor
         # gradients awaiting a step
@@ -395,7 +394,6 @@ class StructuredPruning(CompressionCallback):
                     f"max_epochs={max_epochs}: later steps run only if training is resumed "
                     "with more epochs"
                 )
-        self._terms_checked = False
         done = steps_done(module)
         if done >= self.steps:
             return
@@ -525,9 +523,7 @@ class StructuredPruning(CompressionCallback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if not self._terms_checked:
-            self.check_loss_terms_used(pl_module, [LOSS_TERM])
-            self._terms_checked = True
+        self.check_loss_terms_used(pl_module, [LOSS_TERM])
         if steps_done(pl_module) >= self.steps:
             return
         if self.importance == "taylor" and trainer.is_global_zero:

@@ -48,19 +48,8 @@ from torch import nn
 from typing_extensions import override
 
 from slimlab.utils.errors import ConfigError
-from slimlab.utils.params import count_parameters
+from slimlab.utils.params import count_parameters  # noqa: F401  (train/eval import it here)
 from slimlab.utils.plain import is_plain
-
-__all__ = [
-    "RESTORER_GROUP",
-    "SlimModule",
-    "call_net",
-    "count_parameters",
-    "load_module",
-    "logits_of",
-    "register_structure_restorer",
-    "structure_restorer",
-]
 
 LossTerm = Callable[[Any, torch.Tensor], torch.Tensor]
 Restorer = Callable[["SlimModule", dict], None]
