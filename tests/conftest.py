@@ -14,6 +14,7 @@ import pytest
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from slimlab.utils.compose import NO_BARS, QUIET  # noqa: F401  (re-exported for the tests)
 from slimlab.utils.compose import compose_config as slimlab_compose
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from slimlab.compression.bnb import bnb_optimizer
+from slimlab.optim import bnb_optimizer
 
 
 def build_mlp(width: int = 2048) -> nn.Module:

@@ -31,9 +31,9 @@ DOC = ROOT / "docs" / "pruning.md"
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 import slimlab.utils.resolvers  # noqa: E402,F401  (registers ${slimlab.*})
-from slimlab.compression.pruning import build_pruner, find_head, prune_to  # noqa: E402
-from slimlab.compression.report import compare, measure  # noqa: E402
-from slimlab.models.nets import SmallCNN, resnet56  # noqa: E402
+from slimlab.compression.measure import compare, measure  # noqa: E402
+from slimlab.compression.pruning import build_pruner, find_head, prune_step  # noqa: E402
+from slimlab.models.nets import CifarResNet, SmallCNN  # noqa: E402
 from slimlab.train import train  # noqa: E402
 from slimlab.utils.compose import compose_config  # noqa: E402
 
@@ -60,8 +60,9 @@ def train_digits(experiment: str, seed: int, epochs: int, workdir: Path) -> tupl
 def pruned_copy(net: torch.nn.Module, example: torch.Tensor, ranking: str, round_to: int | None):
     """`net` with 50% of its channels removed (L1, classifier head kept), as the callback does."""
     head = find_head(net, example)
-    pruner = build_pruner(net, example, "l1", ranking, round_to, [head] if head else [])
-    prune_to(pruner, 0.5)
+    ignored = [head] if head else []
+    pruner = build_pruner(net, example, "l1", ranking, round_to, ignored, amount=0.5, steps=1)
+    prune_step(pruner)
     return net
 
 
@@ -121,7 +122,7 @@ def main() -> None:
 
     # 2. 32x32 networks, random weights: what the shapes cost on the CPU
     for name, make, example in [
-        ("ResNet-56, 3x32x32", resnet56, torch.zeros(1, 3, 32, 32)),
+        ("ResNet-56, 3x32x32", lambda: CifarResNet(depth=56), torch.zeros(1, 3, 32, 32)),
         ("SmallCNN, 3x32x32", lambda: SmallCNN(in_channels=3), torch.zeros(1, 3, 32, 32)),
     ]:
         dense_net = make().eval()

@@ -38,8 +38,8 @@ import torch
 from torch import nn
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
-from slimlab.compression.quantization import convert_int8, prepare_qat, set_qat_state
-from slimlab.compression.report import measure_latency, size_on_disk
+from slimlab.compression.measure import measure_latency, size_on_disk
+from slimlab.compression.qat_stack import convert_int8, prepare_qat, set_qat_state
 from slimlab.models.nets import CifarResNet, SmallCNN
 from slimlab.utils.compose import QUIET, compose_config
 
@@ -153,8 +153,8 @@ def bench_latency(rounds: int, repeats: int) -> dict[str, Any]:
 
 # -- 3. bitsandbytes weights on the digits MLP ----------------------------------------------------
 def bench_bnb_weights(work: Path) -> dict[str, Any]:
-    from slimlab.compression.bnb import quantize_linear_weights
-    from slimlab.compression.quantization import top1_accuracy
+    from slimlab.compression.bnb_weights import quantize_linear_weights
+    from slimlab.compression.measure import top1_counts
     from slimlab.train import train
 
     cfg = compose_config(["experiment=digits_mlp", *QUIET, "test=false"], work / "mlp")
@@ -162,12 +162,19 @@ def bench_bnb_weights(work: Path) -> dict[str, Any]:
     model, data = objects["model"], objects["datamodule"]
     data.setup("test")
     net = model.net.cpu().eval()
+
+    def normalize(batch: Any) -> Any:
+        return data.on_after_batch_transfer(batch, 0)
+
     results: dict[str, Any] = {}
     for mode in ("fp32", "int8", "nf4", "fp4"):
         candidate = copy.deepcopy(net)
         if mode != "fp32":
             quantize_linear_weights(candidate, mode)
-        correct, seen = top1_accuracy(candidate, data.test_dataloader(), torch.device("cpu"))
+        normalized = top1_counts(  # the datamodule normalizes batches after transfer
+            candidate, data.test_dataloader(), torch.device("cpu"), transfer=normalize
+        )
+        correct, seen = normalized
         results[mode] = {"test_acc": correct / seen, "size_bytes": size_on_disk(candidate)}
     return results
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*} before Hydra composes)
 from slimlab.callbacks.optuna_pruning import end_if_pruned
+from slimlab.compression import check_compression_order
 from slimlab.models.base import count_parameters
 from slimlab.utils.checkpoints import resolve_checkpoint
 from slimlab.utils.ddp import distributed_job, install_hydra_ddp_launcher
@@ -84,6 +85,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     model.run_config = run_config(cfg)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
     callbacks += instantiate_callbacks(cfg.get("compression"))
+    check_compression_order(callbacks)
     loggers = instantiate_loggers(cfg.get("logger"))
     log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from hydra.errors import InstantiationException
 
-from conftest import compose_config, run_cli, run_folders
+from conftest import QUIET, compose_config, run_cli, run_folders
 from slimlab.compression.distillation import PROJECTIONS, KnowledgeDistillation, kd_loss
 from slimlab.eval import evaluate
 from slimlab.models.base import count_parameters, load_module
@@ -20,7 +22,6 @@ from slimlab.train import train
 from slimlab.utils.errors import ConfigError, find_config_error
 from slimlab.utils.instantiate import instantiate_callbacks
 
-QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "logger=none"]
 LIMITS = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=4",
@@ -304,3 +305,51 @@ def test_two_command_flow_teacher_then_digits_distill(tmp_path: Path) -> None:
     report = json.loads(student.read_text())["compression"]["distillation"]
     assert Path(report["teacher"]) == teacher.resolve()
     assert report["student_params"] < report["teacher_params"] / 20
+
+
+def write_run(log_dir: Path, name: str, epoch: int, max_epochs: int, finished: bool, t: int):
+    """A teacher run folder holding only what `teacher_ckpt: latest` reads."""
+    run = log_dir / "train" / "digits_cnn" / "runs" / name
+    (run / "checkpoints").mkdir(parents=True)
+    path = run / "checkpoints" / "last.ckpt"
+    run_config = {"trainer": {"max_epochs": max_epochs}}
+    torch.save({"epoch": epoch, "slimlab": {"run_config": run_config}}, path)
+    if finished:
+        (run / "metrics.json").write_text("{}")
+    os.utime(path, (t, t))
+    return path
+
+
+def test_teacher_latest_prefers_the_newest_finished_run(tmp_path: Path, caplog) -> None:
+    finished = write_run(tmp_path, "a", epoch=19, max_epochs=20, finished=True, t=1000)
+    write_run(tmp_path, "b", epoch=15, max_epochs=20, finished=False, t=2000)  # killed
+    callback = KnowledgeDistillation(
+        teacher_ckpt="latest", teacher_name="digits_cnn", log_dir=str(tmp_path)
+    )
+    with caplog.at_level(logging.WARNING):
+        assert callback._resolve_ckpt() == str(finished.resolve())
+    assert "skips 1 newer run(s) of digits_cnn that did not finish" in caplog.text
+    assert "epoch 16 of 20" in caplog.text
+    # with no finished run the newest is the teacher, said loudly when it is built
+    (finished.parent.parent / "metrics.json").unlink()
+    os.utime(finished, (3000, 3000))
+    assert callback._resolve_ckpt() == str(finished.resolve())  # epoch 20 of 20: complete
+
+
+def test_an_unfinished_teacher_is_named_with_its_epochs(
+    tmp_path: Path, teacher_ckpt: str, caplog
+) -> None:
+    saved = torch.load(teacher_ckpt, weights_only=True)
+    saved["slimlab"]["run_config"]["trainer"]["max_epochs"] = 20  # as if killed after epoch 1
+    path = tmp_path / "train" / "digits_cnn" / "runs" / "killed" / "checkpoints" / "last.ckpt"
+    path.parent.mkdir(parents=True)
+    torch.save(saved, path)
+    callback = KnowledgeDistillation(
+        teacher_ckpt="latest", teacher_name="digits_cnn", log_dir=str(tmp_path)
+    )
+    with caplog.at_level(logging.INFO):
+        callback.build_teacher()
+    assert f"Teacher: {path.resolve()} (epoch 1 of 20) is from a run that did not finish" in (
+        caplog.text
+    )
+    assert "and no run of digits_cnn finished" in caplog.text

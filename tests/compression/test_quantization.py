@@ -11,17 +11,13 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import compose_config, run_cli, run_folders
-from slimlab.compression.quantization import (
-    QuantizationAwareTraining,
-    convert_int8,
-    prepare_qat,
-    qat_stage,
-)
+from slimlab.compression.qat_stack import convert_int8, prepare_qat
+from slimlab.compression.quantization import QuantizationAwareTraining, qat_stage
 from slimlab.data import DigitsDataModule
 from slimlab.eval import evaluate
 from slimlab.models import ImageClassifier
 from slimlab.models.base import load_module
-from slimlab.models.nets import CifarResNet
+from slimlab.models.nets import CifarResNet, SmallCNN
 from slimlab.train import train
 from slimlab.utils.errors import ConfigError
 
@@ -49,8 +45,10 @@ def quantized_ops(net: torch.nn.Module, x: torch.Tensor) -> set[str]:
 
 @pytest.mark.slow
 def test_qat_converts_to_int8_and_eval_reproduces_test_metrics(tmp_path: Path) -> None:
-    overrides = [*QAT, "model.net.widths=[32,64,128]", "trainer.max_epochs=3"]
-    cfg = compose_config(tmp_path, [*overrides, "compression.qat.start_epoch=1"])
+    # the report's "before" is the fp32 network when QAT starts: give it 3 epochs to converge,
+    # so the int8 change below measures quantization, not 2 more epochs of training
+    overrides = [*QAT, "model.net.widths=[32,64,128]", "trainer.max_epochs=5"]
+    cfg = compose_config(tmp_path, [*overrides, "compression.qat.start_epoch=3"])
     metrics, objects = train(cfg)
     model = objects["model"]
     summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
@@ -196,6 +194,10 @@ def test_prune_then_qat_in_one_run_and_eval(tmp_path: Path) -> None:
     assert report["pruning"]["params_ratio"] < 0.5  # half the channels of every layer
     assert report["quantization"]["size_ratio"] < 1
     assert report["quantization"]["before"]["params"] == report["pruning"]["after"]["params"]
+    # issue 9: the pruned fp32 network is measured the same way in both sections (it was
+    # measured as the fake-quantized network in the pruning section: larger and slower)
+    for key in ("size_bytes", "macs"):
+        assert report["quantization"]["before"][key] == report["pruning"]["after"][key], key
     assert "quantized::conv2d_relu" in quantized_ops(model.net, model.example_input_array)
 
     eval_cfg = compose_config(
@@ -251,3 +253,34 @@ def test_qat_under_ddp_sim_and_eval_cli(tmp_path: Path) -> None:
         next((tmp_path / "logs" / "eval").glob("**/metrics.json")).read_text()
     )
     assert abs(eval_summary["test"]["acc"] - summary["test"]["acc"]) < 1e-6
+
+
+def test_report_before_is_the_fp32_network_when_qat_started(tmp_path: Path) -> None:
+    """Not the QAT weights with fake quantization switched off: the fp32 network as it was
+    validated in the epoch before QAT began."""
+    fp32_val: list[float] = []
+
+    class RecordValidation(L.Callback):
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking and trainer.current_epoch == 0:
+                fp32_val.append(float(trainer.callback_metrics["val/acc"]))
+
+    model = ImageClassifier(
+        net={"_target_": "slimlab.models.nets.SmallCNN", "widths": [8, 16]},
+        optimizer={"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 0.01},
+    )
+    qat = QuantizationAwareTraining(start_epoch=1, report={"latency": False})
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="val/acc", mode="max")
+    trainer = L.Trainer(
+        max_epochs=2,
+        limit_train_batches=4,
+        callbacks=[RecordValidation(), qat, best],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, DigitsDataModule(batch_size=64))
+    report = model.compression_report["quantization"]
+    assert report["before"]["val_acc"] == pytest.approx(fp32_val[0], abs=1e-6)
+    float_net = SmallCNN(widths=(8, 16))  # the float network, batch norms and all
+    assert report["before"]["params"] == sum(p.numel() for p in float_net.parameters())

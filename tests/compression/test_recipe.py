@@ -9,13 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_config
+from conftest import QUIET, compose_config
 from slimlab.eval import evaluate
 from slimlab.models.base import load_module
 from slimlab.train import train
 from slimlab.utils.errors import ConfigError
 
-QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null", "logger=none"]
 LIMITS = ["trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
 
 
@@ -47,7 +46,7 @@ def test_digits_compress_prunes_distills_and_quantizes_in_one_run(
             "compression.qat.start_epoch=3",
             "compression.qat.freeze_bn_epoch=4",
             "compression.qat.freeze_observer_epoch=4",
-            "compression.distill.report_latency=false",
+            "compression.distill.report.latency=false",
             f"compression.distill.teacher_ckpt={dense_teacher}",
         ],
     )

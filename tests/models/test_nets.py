@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from slimlab.models.nets import MLP, CifarResNet, SmallCNN, resnet20, resnet56
+from slimlab.models.nets import MLP, CifarResNet, SmallCNN
 from slimlab.utils.errors import ConfigError
 
 
@@ -15,7 +15,7 @@ from slimlab.utils.errors import ConfigError
         (MLP(input_shape=(1, 8, 8)), (4, 1, 8, 8)),
         (SmallCNN(in_channels=1), (4, 1, 8, 8)),
         (SmallCNN(in_channels=3), (4, 3, 32, 32)),
-        (resnet20(), (4, 3, 32, 32)),
+        (CifarResNet(depth=20), (4, 3, 32, 32)),
     ],
 )
 def test_nets_map_images_to_class_logits(net: torch.nn.Module, shape: tuple) -> None:
@@ -28,8 +28,8 @@ def test_nets_map_images_to_class_logits(net: torch.nn.Module, shape: tuple) -> 
 def test_resnet_depths_have_the_papers_parameter_counts() -> None:
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     # He et al. 2016: ResNet-20 0.27M, ResNet-56 0.85M (projection shortcuts add a little)
-    assert 0.26e6 < count(resnet20()) < 0.30e6
-    assert 0.84e6 < count(resnet56()) < 0.90e6
+    assert 0.26e6 < count(CifarResNet(depth=20)) < 0.30e6
+    assert 0.84e6 < count(CifarResNet(depth=56)) < 0.90e6
 
 
 @pytest.mark.parametrize(

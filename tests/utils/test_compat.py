@@ -15,3 +15,110 @@ def test_lightning_hydra_subprocess_command_is_replaced() -> None:
         assert subprocess_script._hydra_subprocess_cmd is hydra_job_command
     finally:
         subprocess_script._hydra_subprocess_cmd = original
+
+
+def test_checkpoint_best_fields_are_all_model_checkpoint_tracks_and_reset_to_fresh() -> None:
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    callback = ModelCheckpoint(monitor="val/acc", mode="max")
+    tracked = {k for k in callback.state_dict() if "best" in k or k.startswith("kth")}
+    assert tracked == set(compat.CHECKPOINT_BEST_FIELDS), "update compat.forget_checkpoint_best"
+    callback.best_k_models = {"a.ckpt": torch.tensor(0.9)}
+    callback.kth_best_model_path = callback.best_model_path = "a.ckpt"
+    callback.kth_value = callback.best_model_score = torch.tensor(0.9)
+    compat.forget_checkpoint_best(callback)
+    fresh = ModelCheckpoint(monitor="val/acc", mode="max").state_dict()
+    for key in compat.CHECKPOINT_BEST_FIELDS:
+        value = callback.state_dict()[key]
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, fresh[key]), key
+        else:
+            assert value == fresh[key], key
+    compat.set_best_checkpoint(callback, "b-int8.ckpt")
+    assert callback.state_dict()["best_model_path"] == "b-int8.ckpt"
+
+
+def test_early_stopping_wait_resets_to_fresh() -> None:
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    callback = EarlyStopping(monitor="val/loss", mode="min")
+    assert set(compat.EARLY_STOPPING_BEST_FIELDS) <= set(callback.state_dict())
+    callback.wait_count, callback.best_score = 3, torch.tensor(0.1)
+    compat.forget_early_stopping_best(callback)
+    fresh = EarlyStopping(monitor="val/loss", mode="min").state_dict()
+    assert callback.wait_count == fresh["wait_count"]
+    assert torch.equal(callback.best_score, fresh["best_score"])
+
+
+def test_a_fresh_pruner_resumes_a_schedule_where_another_left_it() -> None:
+    import copy
+
+    import torch
+
+    from slimlab.compression.pruning import build_pruner, layer_widths, prune_step
+    from slimlab.models.nets import SmallCNN
+
+    x = torch.zeros(1, 1, 8, 8)
+    net = SmallCNN(widths=(16, 32, 64))
+    first = build_pruner(net, x, "l1", "global", None, ["classifier"], amount=0.5, steps=2)
+    prune_step(first)
+    progress = compat.pruner_progress(first)
+    assert progress["step"] == 1
+    assert progress["scope_channels"] == {"DEFAULT_SCOPE": 16 + 32 + 64}  # the dense widths
+    # a new process: a pruner built on the pruned network continues the same schedule
+    resumed_net = copy.deepcopy(net)
+    resumed = build_pruner(resumed_net, x, "l1", "global", None, ["classifier"], 0.5, steps=2)
+    compat.resume_pruner(resumed, progress)
+    prune_step(first)
+    prune_step(resumed)
+    assert layer_widths(resumed_net) == layer_widths(net)
+    assert sum(layer_widths(net)[f"features.{i}.0"] for i in (0, 2, 4)) == (16 + 32 + 64) // 2
+
+
+def test_job_return_value_reads_what_a_failed_job_raised_without_reraising(capsys) -> None:
+    import pytest
+    from hydra.core.utils import JobReturn, JobStatus
+
+    error = ValueError("pruned")
+    result = JobReturn(status=JobStatus.FAILED, _return_value=error)
+    assert compat.job_return_value(result) is error
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="pruned"):  # what the public property does instead
+        _ = result.return_value
+    assert compat.job_return_value(JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)) == 0.5
+
+
+def test_loop_batch_applies_the_datamodules_transfer_hooks(tmp_path) -> None:
+    import lightning as L
+    import torch
+
+    from slimlab.data import DigitsDataModule, Normalize
+    from slimlab.models import ImageClassifier
+
+    seen = {}
+
+    class Capture(L.Callback):
+        def on_train_end(self, trainer, pl_module) -> None:
+            raw = next(iter(trainer.train_dataloader))
+            seen["raw"], seen["loop"] = raw, compat.loop_batch(pl_module, raw, torch.device("cpu"))
+
+    model = ImageClassifier(
+        net={"_target_": "slimlab.models.nets.MLP", "hidden": [8]},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+    )
+    data = DigitsDataModule(batch_size=32, normalize=Normalize(mean=[1.0], std=[0.5]))
+    trainer = L.Trainer(
+        max_steps=1,
+        callbacks=[Capture()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, data)
+    (raw_x, raw_y), (x, y) = seen["raw"], seen["loop"]
+    torch.testing.assert_close(x, (raw_x - 1.0) / 0.5)  # the datamodule's normalization
+    assert torch.equal(y, raw_y)

@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from typing_extensions import override
 
 
 class RNGStateCallback(Callback):
@@ -22,6 +23,7 @@ class RNGStateCallback(Callback):
     def __init__(self) -> None:
         self._pending: dict[str, Any] | None = None
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         version, internal, gauss = random.getstate()
         np_state = np.random.get_state()
@@ -40,10 +42,12 @@ class RNGStateCallback(Callback):
             state["cuda"] = torch.cuda.get_rng_state_all()
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # Applied in on_train_start: the sanity check and restore may draw random numbers.
         self._pending = state_dict
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is None:
             return

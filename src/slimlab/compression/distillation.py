@@ -30,15 +30,24 @@ Where things live, and why:
   callback's state, which Lightning restores on `ckpt_path=` resume before the optimizer
   state, so a resume continues exactly. They are detached again at the end of `fit`.
 
-At the end of `fit` the callback adds `compression_report["distillation"]` (hence
-metrics.json): the teacher, the settings, and with `report=True` the final student against
-the teacher (params, MACs, size, latency) plus, once the run tests, the teacher's test accuracy.
+Timeline:
+
+- `setup`: the strategy and the module's contract are checked, the teacher is built (for
+  `teacher_ckpt: latest`, the newest finished run of `teacher_name`; the log says which
+  checkpoint, from which epoch of how many), student and teacher run once on the example input
+  (same classes? the paired layers exist?), the loss terms are added.
+- the first training batch: if the module's `training_step` never called `combine_loss`, the
+  KD terms are not in the loss and the run stops saying so.
+- every training batch: the teacher runs on the student's input (once), the terms are added.
+- the end of `fit`: `compression_report["distillation"]` (hence metrics.json) gets the teacher,
+  the settings, and with `report` enabled the final student against the teacher (params, MACs,
+  size, latency) plus, once the run tests, the teacher's test accuracy.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +55,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback
 from torch import nn
+from typing_extensions import override
 
-from slimlab.compression import report as measure_lib
-from slimlab.models.base import SlimModule
+from slimlab.compression import measure
+from slimlab.compression.callback import CompressionCallback, Stage
+from slimlab.models.base import SlimModule, call_net, logits_of
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
 from slimlab.utils.plain import to_plain
@@ -59,6 +69,7 @@ log = get_logger(__name__)
 
 KEY = "compression.distill"  # config key named in error messages
 PROJECTIONS = "distill_projections"  # attribute on the LightningModule during fit
+LOSS_TERMS = ("kd", "kd_feat")
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -70,6 +81,27 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) ->
     log_p_t = F.log_softmax(teacher.float() / temperature, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     return kl.mean() * temperature**2
+
+
+def checkpoint_progress(path: Path) -> dict[str, Any]:
+    """How far a checkpoint's run trained: epochs done, the run's max_epochs, and whether it
+    finished (its run folder holds metrics.json, or it trained all max_epochs)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return {"epochs": None, "max_epochs": None, "finished": False}
+    epochs = int(checkpoint["epoch"]) + 1 if "epoch" in checkpoint else None
+    run = (checkpoint.get("slimlab") or {}).get("run_config") or {}
+    max_epochs = (run.get("trainer") or {}).get("max_epochs")
+    complete = epochs is not None and isinstance(max_epochs, int) and epochs >= max_epochs
+    finished = (path.parent.parent / "metrics.json").is_file() or complete
+    return {"epochs": epochs, "max_epochs": max_epochs, "finished": finished}
+
+
+def describe_progress(progress: dict[str, Any]) -> str:
+    """ "epoch 16 of 20" for a `checkpoint_progress`."""
+    of = f" of {progress['max_epochs']}" if progress.get("max_epochs") is not None else ""
+    return f"epoch {progress['epochs']}{of}"
 
 
 def _first_tensor(output: Any) -> torch.Tensor | None:
@@ -125,15 +157,19 @@ def _ignore_own_missing_keys(module: nn.Module, incompatible_keys: Any) -> None:
     missing[:] = [k for k in missing if PROJECTIONS not in k.split(".")]
 
 
-class KnowledgeDistillation(Callback):
+class KnowledgeDistillation(CompressionCallback):
     """Distills a frozen teacher into the module's `net` (see the module docstring).
 
     Give the teacher as `teacher_ckpt` (a SlimLab checkpoint, pruned or not, rebuilt from
     its own config; or `latest` for the newest last.ckpt of experiment `teacher_name`) or
     as `teacher_net` (a net config or module, optionally with `teacher_weights`, a file
     holding its state_dict). `feature_pairs` lists [student layer, teacher layer] names
-    from `net.named_modules()` whose outputs are matched by MSE.
+    from `net.named_modules()` whose outputs are matched by MSE. `report`: true, false, or
+    {enabled, latency, repeats} (the student vs the teacher, and the teacher's test accuracy).
     """
+
+    key = KEY
+    stage = Stage.DISTILL
 
     def __init__(
         self,
@@ -147,8 +183,7 @@ class KnowledgeDistillation(Callback):
         feature_pairs: Sequence[Sequence[str]] = (),
         feature_weight: float = 1.0,
         init_student: bool = False,
-        report: bool = True,
-        report_latency: bool = True,
+        report: bool | Mapping[str, Any] = True,
     ) -> None:
         super().__init__()
         teacher_net = to_plain(teacher_net)
@@ -204,8 +239,7 @@ class KnowledgeDistillation(Callback):
         self.feature_pairs = feature_pairs
         self.feature_weight = float(feature_weight)
         self.init_student = init_student
-        self.report = report
-        self.report_latency = report_latency
+        self.report = measure.report_settings(report, KEY)
 
         self.teacher: nn.Module | None = None
         self.teacher_source = ""
@@ -221,29 +255,43 @@ class KnowledgeDistillation(Callback):
         self._teacher_feats: dict[int, torch.Tensor] = {}
         self._saved_task_weight = 1.0
         self._teacher_data: dict | None = None
+        self._teacher_progress: dict[str, Any] = {}  # epoch / max_epochs of a checkpoint teacher
         self._test_counts = [0, 0]  # the teacher's (correct, seen) on the test set
 
     # -- building the teacher ---------------------------------------------------------------
     def _resolve_ckpt(self) -> str:
+        """The teacher checkpoint's path: `teacher_ckpt`, or for `latest` the newest last.ckpt
+        of a finished run of `teacher_name` (the newest unfinished one if none finished)."""
         assert self.teacher_ckpt is not None
         if self.teacher_ckpt != "latest":
             return str(Path(self.teacher_ckpt).expanduser().resolve())
-        from slimlab.utils.checkpoints import find_latest_checkpoint
-
         require(
             bool(self.teacher_name),
             f"{KEY}.teacher_ckpt=latest needs {KEY}.teacher_name=<experiment name of the "
             "teacher run>, e.g. digits_cnn",
         )
-        try:
-            return str(find_latest_checkpoint(self.log_dir, "train", str(self.teacher_name)))
-        except ConfigError:
-            root = Path(self.log_dir) / "train" / str(self.teacher_name)
-            raise ConfigError(
-                f"{KEY}.teacher_ckpt=latest found no last.ckpt under {root}: train the teacher "
-                f"first (python train.py experiment={self.teacher_name}) or give "
-                f"{KEY}.teacher_ckpt=<path to its .ckpt>"
-            ) from None
+        root = Path(self.log_dir) / "train" / str(self.teacher_name)
+        candidates = sorted(
+            root.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True
+        )
+        require(
+            bool(candidates),
+            f"{KEY}.teacher_ckpt=latest found no last.ckpt under {root}: train the teacher "
+            f"first (python train.py experiment={self.teacher_name}) or give "
+            f"{KEY}.teacher_ckpt=<path to its .ckpt>",
+        )
+        unfinished = []
+        for path in candidates:
+            if checkpoint_progress(path)["finished"]:
+                if unfinished:
+                    log.warning(
+                        f"{KEY}.teacher_ckpt=latest skips {len(unfinished)} newer run(s) of "
+                        f"{self.teacher_name} that did not finish (the newest: {unfinished[0]}, "
+                        f"{describe_progress(checkpoint_progress(unfinished[0]))})"
+                    )
+                return str(path.resolve())
+            unfinished.append(path)
+        return str(candidates[0].resolve())
 
     def build_teacher(self) -> nn.Module:
         """The teacher network, in eval mode with gradients off (built on the CPU)."""
@@ -262,6 +310,8 @@ class KnowledgeDistillation(Callback):
             teacher = module.net
             self._teacher_data = (module.run_config or {}).get("data")
             self.teacher_source = path
+            self._teacher_progress = checkpoint_progress(Path(path))
+            self._announce_teacher(path)
         elif self.teacher_net is not None:
             teacher = self.teacher_net
             if not isinstance(teacher, nn.Module):
@@ -298,20 +348,31 @@ class KnowledgeDistillation(Callback):
         teacher.requires_grad_(False)
         return teacher
 
+    def _announce_teacher(self, path: str) -> None:
+        """Say which checkpoint is the teacher, from which epoch of how many; warn if its run
+        did not finish."""
+        progress = self._teacher_progress
+        if progress["finished"]:
+            log.info(f"Teacher: {path} ({describe_progress(progress)}, a finished run)")
+            return
+        latest = self.teacher_ckpt == "latest"
+        log.warning(
+            f"Teacher: {path} ({describe_progress(progress)}) is from a run that did not finish"
+            + (f", and no run of {self.teacher_name} finished" if latest else "")
+            + ": the student learns from a partly trained teacher. Finish the teacher run "
+            f"(resume it with ckpt_path=<its last.ckpt>) or give {KEY}.teacher_ckpt=<path>"
+        )
+
     # -- Lightning hooks --------------------------------------------------------------------
+    @override
+    def layer_hooks(self) -> tuple[str, Any] | None:
+        return (f"{KEY}.feature_pairs", self.feature_pairs) if self.feature_pairs else None
+
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        require(
-            isinstance(pl_module, SlimModule) and isinstance(pl_module.net, nn.Module),
-            f"{KEY} needs a slimlab.models.SlimModule (net, example_input_array, "
-            f"add_loss_term); got {type(pl_module).__name__}",
-        )
-        require(
-            pl_module.example_input_array is not None,
-            f"{KEY} needs {type(pl_module).__name__}.example_input_array to check the teacher",
-        )
-        self._check_other_compression(trainer)
+        pl_module = self.check_setup(trainer, pl_module)
         if self.teacher is None:
             self.teacher = self.build_teacher()
             self._warn_if_other_data(pl_module)
@@ -330,12 +391,13 @@ class KnowledgeDistillation(Callback):
         if self.feature_pairs and self.feature_weight > 0:
             pl_module.add_loss_term("kd_feat", self._feature_term)
         log.info(
-            f"Distilling from {self.teacher_source} ({measure_lib.count_params(self.teacher):,} "
-            f"teacher params, {measure_lib.count_params(pl_module.net):,} student params): "
+            f"Distilling from {self.teacher_source} ({measure.count_params(self.teacher):,} "
+            f"teacher params, {measure.count_params(pl_module.net):,} student params): "
             f"T={self.temperature}, "
             f"alpha={self.alpha}, feature pairs={self.feature_pairs or 'none'}"
         )
 
+    @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the strategy has moved the student to its device (and dtype) by now
         assert self.teacher is not None
@@ -344,6 +406,7 @@ class KnowledgeDistillation(Callback):
         if dtype is not None and dtype != torch.float32:
             self.teacher.to(dtype=dtype)
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -358,30 +421,47 @@ class KnowledgeDistillation(Callback):
         self._student_feats.clear()
         self._teacher_feats.clear()
 
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self.check_loss_terms_used(pl_module, LOSS_TERMS)  # in the loss from the first batch
+
+    @override
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert self.teacher is not None
+        progress = self._teacher_progress
         section: dict[str, Any] = {
             "teacher": self.teacher_source,
+            "teacher_epochs": progress.get("epochs"),
+            "teacher_max_epochs": progress.get("max_epochs"),
+            "teacher_finished": progress.get("finished"),
             "temperature": self.temperature,
             "alpha": self.alpha,
             "feature_pairs": copy.deepcopy(self.feature_pairs),
             "feature_weight": self.feature_weight,
             # counts the packed weights of int8 layers too (a QAT student ends converted)
-            "teacher_params": measure_lib.count_params(self.teacher),
-            "student_params": measure_lib.count_params(pl_module.net),
+            "teacher_params": measure.count_params(self.teacher),
+            "student_params": measure.count_params(pl_module.net),
         }
-        if self.report and trainer.is_global_zero:
-            example = pl_module.example_input_array.cpu()
-            latency = self.report_latency
-            teacher = measure_lib.measure(self.teacher, example, latency=latency)
-            student = measure_lib.measure(pl_module.net, example, latency=latency)
-            section["vs_teacher"] = measure_lib.compare(teacher, student)
-        measure_lib.add_section(pl_module, "distillation", section)
+        if self.report.enabled and trainer.is_global_zero:
+            example = pl_module.example_input_array
+            teacher = measure.measure_as(self.teacher, example, self.report)
+            student = measure.measure_as(pl_module.net, example, self.report)
+            section["vs_teacher"] = measure.compare(teacher, student)
+        measure.add_section(pl_module, "distillation", section)
 
     # the teacher's test accuracy, next to the student's, when the run tests after fit
+    @override
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._test_counts = [0, 0]
 
+    @override
     def on_test_batch_end(
         self,
         trainer: L.Trainer,
@@ -391,26 +471,26 @@ class KnowledgeDistillation(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self.report or self.teacher is None:
+        if not self.report.enabled or self.teacher is None:
             return
-        if not (isinstance(batch, list | tuple) and len(batch) >= 2):
+        pair = measure.inputs_and_labels(batch)
+        if pair is None:
             return  # not (inputs, class labels): nothing to score
-        x, y = batch[0], batch[1]
-        if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point():
-            return
+        inputs, labels = pair
         with torch.no_grad():
-            logits = _first_tensor(self.teacher(x.to(pl_module.device)))
-        assert logits is not None
-        self._test_counts[0] += int((logits.argmax(1).cpu() == y.cpu()).sum())
-        self._test_counts[1] += int(y.numel())
+            output = call_net(self.teacher, measure.move_to(inputs, pl_module.device))
+        predicted = logits_of(output).argmax(dim=-1)
+        self._test_counts[0] += int((predicted.cpu() == labels.cpu()).sum())
+        self._test_counts[1] += int(labels.numel())
 
+    @override
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        counts = torch.tensor(self._test_counts, dtype=torch.float64, device=pl_module.device)
-        correct, seen = trainer.strategy.reduce(counts, reduce_op="sum").tolist()
+        correct, seen = measure.sum_over_ranks(trainer, self._test_counts, pl_module.device)
         section = (getattr(pl_module, "compression_report", None) or {}).get("distillation")
         if seen > 0 and section is not None:
             section["teacher_test_acc"] = correct / seen
 
+    @override
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or not isinstance(pl_module, SlimModule):
             return
@@ -426,11 +506,13 @@ class KnowledgeDistillation(Callback):
         self._student_feats.clear()
         self._teacher_feats.clear()
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         if self.projections is None:
             return {}
         return {"projections": self.projections.state_dict()}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("projections")
         if saved is None:
@@ -441,27 +523,6 @@ class KnowledgeDistillation(Callback):
             self._load_projections(saved)
 
     # -- setup helpers ----------------------------------------------------------------------
-    def _check_other_compression(self, trainer: L.Trainer) -> None:
-        """Compression callbacks run prune -> distill -> quantize; feature KD stops at QAT."""
-        mine = trainer.callbacks.index(self)
-        for i, callback in enumerate(trainer.callbacks):
-            module = type(callback).__module__
-            wrong = (module.endswith(".compression.pruning") and i > mine) or (
-                module.endswith((".compression.quantization", ".compression.bnb")) and i < mine
-            )
-            require(
-                not wrong,
-                f"{type(callback).__name__} comes {'after' if i > mine else 'before'} {KEY} "
-                "in the callbacks: compression runs prune -> distill -> quantize; list them in "
-                "that order (e.g. compression=[prune,distill,qat])",
-            )
-            require(
-                not (self.feature_pairs and module.endswith(".compression.quantization")),
-                f"{KEY}.feature_pairs={self.feature_pairs} cannot be combined with "
-                f"{type(callback).__name__}: QAT rewrites the network (fused, renamed layers), "
-                "so the hooked layers stop running; use logit KD only (feature_pairs=[])",
-            )
-
     def _warn_if_other_data(self, pl_module: SlimModule) -> None:
         """A teacher trained on another split may have seen the student's test images."""
         student = (pl_module.run_config or {}).get("data")
@@ -519,19 +580,19 @@ class KnowledgeDistillation(Callback):
 
         handles = [m.register_forward_hook(keep(s_feats, i)) for i, m in enumerate(s_layers)]
         handles += [m.register_forward_hook(keep(t_feats, i)) for i, m in enumerate(t_layers)]
-        example = pl_module.example_input_array.to(pl_module.device)
+        example = measure.move_to(pl_module.example_input_array, pl_module.device)
         self.teacher.to(pl_module.device)
         was_training = net.training
         try:
             net.eval()
             with torch.no_grad():
-                s_out = _first_tensor(net(example))
+                s_out = logits_of(call_net(net, example))
                 try:
-                    t_out = _first_tensor(self.teacher(example))
+                    t_out = logits_of(call_net(self.teacher, example))
                 except Exception as exc:
                     raise ConfigError(
                         f"the teacher ({self.teacher_source}) fails on the student's example "
-                        f"input of shape {tuple(example.shape)} ({type(exc).__name__}: {exc}): "
+                        f"input {measure.describe_input(example)} ({type(exc).__name__}: {exc}): "
                         "teacher and student must take the same inputs"
                     ) from exc
         finally:
@@ -637,7 +698,7 @@ class KnowledgeDistillation(Callback):
             assert self.teacher is not None
             args, kwargs = self._inputs
             with torch.no_grad():
-                self._teacher_logits = _first_tensor(self.teacher(*args, **kwargs))
+                self._teacher_logits = logits_of(self.teacher(*args, **kwargs))
         assert self._teacher_logits is not None
         return self._teacher_logits
 

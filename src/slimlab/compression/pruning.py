@@ -5,25 +5,34 @@ the batch norm after it, the next conv's input channels, every layer on a residu
 removes whole channels from all of them, so the network is physically smaller and faster,
 not masked. `StructuredPruning` works on any `SlimModule` (see `slimlab.models.base`): it
 reads `net` and `example_input_array`, adds its sparsity loss with `add_loss_term` and
-records each step with `record_structure`.
+records each step with `record_structure`. torch-pruning is driven its own way: one pruner,
+built once, stepped along its own schedule.
 
 Timeline of `StructuredPruning(start_epoch=s, end_epoch=e, steps=n)`:
 
-- `setup`: the network must trace, the named layers must exist and the target must be
-  reachable (errors before training starts). The classifier head (the last Conv/Linear the
-  forward pass runs) always keeps its outputs.
+- `setup`: the strategy and the module's contract are checked, the network must trace, the
+  named layers must exist and a params/MACs target must be reachable (errors before training
+  starts). The classifier head (the last Conv/Linear the forward pass runs) always keeps its
+  outputs. The pruner is built here, on the dense network: for `target=channels` with n steps
+  to `amount` of the channels (torch-pruning's linear schedule), for a params/MACs target with
+  `FINE_STEPS` small steps towards all of them.
 - until the last step: with `regularization > 0` (importance=bn_scale) an L1 penalty on the
   batch-norm scales is added to the training loss (network slimming), logged as
-  train/prune_sparsity.
-- step k = 0..n-1 runs before the training batch at epoch s + k * (e - s) / n (a step at a
-  whole epoch runs after the previous epoch's validation and checkpoint). Rank 0 ranks the
-  channels and prunes; the other DDP ranks replay its plan, so all ranks stay identical. Every
-  rank then records the step, rewraps DDP, rebuilds the optimizer and LR scheduler (the
-  schedule continues where it was; optimizer moments start fresh) and makes the checkpoint and
-  early-stopping callbacks forget their best: "best" is chosen among checkpoints of the new
-  structure, so `trainer.test(ckpt_path=best)` tests the pruned network.
-- `on_train_end`: dense vs pruned params, MACs, size, CPU latency and validation metrics go
-  into `pl_module.compression_report["pruning"]` (hence metrics.json) and to the loggers.
+  train/prune_sparsity. The best dense epoch's validation metrics are kept (the report's
+  "before").
+- step k = 0..n-1 runs before the training batch `schedules.prune_step_position` gives (a step
+  at a whole epoch runs after the previous epoch's validation and checkpoint). Rank 0 steps the
+  pruner once (channels), or until the params/MACs counted by `slimlab.compression.measure`
+  reach `1 - amount * (k + 1) / n` of the dense network's; the other DDP ranks replay its
+  history, so all ranks stay identical. Every rank then records the step, rewraps DDP,
+  rebuilds the optimizer and LR scheduler (the schedule continues where it was; optimizer
+  moments start fresh) and makes the checkpoint and early-stopping callbacks forget their best:
+  "best" is chosen among checkpoints of the new structure, so `trainer.test(ckpt_path=best)`
+  tests the pruned network. After the last step the pruned network is measured (params, MACs,
+  size, latency) before any later compression rewrites it.
+- `on_train_end`: the dense network at its best epoch vs the pruned one at its best epoch
+  (validation metrics, params, MACs, size, CPU latency) go into
+  `pl_module.compression_report["pruning"]` (hence metrics.json) and to the loggers.
 
 What a checkpoint holds: each step as a structure entry ``{"kind": "prune", "history": ...}``,
 torch-pruning's pruning history (root layer name, output or input channels, channel indices:
@@ -31,26 +40,33 @@ plain lists). `restore_pruning` replays it on a freshly built network before the
 so pruned checkpoints load through `load_from_checkpoint`, `eval.py` and `ckpt_path=` resume
 while the file opens with ``torch.load(weights_only=True)``. The number of steps done is the
 number of such entries on the module, so a resume neither repeats nor skips a step; the
-callback's own state (dense measurements, torch-pruning's initial channel counts, Taylor
+callback's own state (the pruner's progress, the dense and pruned measurements, Taylor
 gradients awaiting a step) is in `state_dict`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
+import copy
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import lightning as L
 import torch
 import torch_pruning as tp
-from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy
 from torch import nn
+from typing_extensions import override
 
-from slimlab.compression import report as measure_lib
-from slimlab.compression.rewire import forget_best, rebuild_optimizers, rewrap_ddp
-from slimlab.models.base import SlimModule
+from slimlab.compression import measure
+from slimlab.compression.callback import CompressionCallback, Stage, StructureWindow
+from slimlab.compression.schedules import (
+    prune_fraction,
+    prune_last_step_epoch,
+    prune_step_position,
+)
+from slimlab.compression.structure_change import after_structure_change
+from slimlab.models.base import SlimModule, call_net, logits_of
+from slimlab.utils.compat import pruner_progress, resume_pruner
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
 
@@ -60,10 +76,11 @@ KEY = "compression.prune"  # config key named in error messages
 IMPORTANCES = ("l1", "l2", "bn_scale", "taylor", "random")
 RANKINGS = ("local", "global")
 TARGETS = ("channels", "params", "macs")
-# channel ratios scanned when searching for a params / MACs target (see solve_ratio)
-SCAN_RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+# a params / MACs target: the pruner takes FINE_STEPS steps of 1% of the channels each, and a
+# pruning step stops at the first that reaches its goal (docs/pruning.md: why not bisection)
+FINE_STEPS = 100
+REACH_STEPS = 20  # coarser steps of the dry run that checks a target is reachable
 LOSS_TERM = "prune_sparsity"
-REPORT_KEYS = ("enabled", "latency", "repeats")
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 BATCH_NORMS = nn.modules.batchnorm._BatchNorm
 
@@ -74,10 +91,6 @@ def autograd_on() -> Iterator[None]:
     """torch-pruning traces with autograd: leave any no_grad / inference_mode for the block."""
     with torch.inference_mode(False), torch.enable_grad():
         yield
-
-
-def _device(net: nn.Module) -> torch.device:
-    return next(iter(net.parameters()), torch.empty(0)).device
 
 
 def layer_widths(net: nn.Module) -> dict[str, int]:
@@ -91,7 +104,7 @@ def layer_widths(net: nn.Module) -> dict[str, int]:
     return widths
 
 
-def find_head(net: nn.Module, example_input: torch.Tensor) -> str | None:
+def find_head(net: nn.Module, example_input: Any) -> str | None:
     """Name of the last Conv/Linear layer a forward pass runs: the classifier head."""
     names = {m: name for name, m in net.named_modules()}
     order: list[str] = []
@@ -100,30 +113,13 @@ def find_head(net: nn.Module, example_input: torch.Tensor) -> str | None:
         for m in net.modules()
         if isinstance(m, PRUNABLE)
     ]
-    was_training = net.training
     try:
-        with torch.no_grad():
-            net.eval()(example_input.to(_device(net)))
+        with measure.measuring(net):
+            call_net(net, measure.move_to(example_input, measure.device_of(net)))
     finally:
         for handle in handles:
             handle.remove()
-        net.train(was_training)
     return order[-1] if order else None
-
-
-class _CachedImportance:
-    """Scores each group once per pruning step (the search below plans many ratios)."""
-
-    def __init__(self, importance: Any) -> None:
-        self.importance = importance
-        self.cache: dict[tuple, Any] = {}
-
-    def __call__(self, group: Any, **kwargs: Any) -> Any:
-        root = group[0]
-        key = (id(root.dep.target.module), root.dep.handler, len(root.idxs))
-        if key not in self.cache:
-            self.cache[key] = self.importance(group, **kwargs)
-        return self.cache[key]
 
 
 def make_importance(name: str) -> Any:
@@ -141,168 +137,99 @@ def make_importance(name: str) -> Any:
 
 def build_pruner(
     net: nn.Module,
-    example_input: torch.Tensor,
+    example_input: Any,
     importance: str = "l1",
     ranking: str = "local",
     round_to: int | None = None,
     ignored_layers: Sequence[str] = (),
+    amount: float = 1.0,
+    steps: int = FINE_STEPS,
 ) -> tp.pruner.BasePruner:
-    """A torch-pruning pruner over `net` whose named layers keep their output channels."""
+    """A torch-pruning pruner over `net` that removes `amount` of the channels in `steps` equal
+    steps (torch-pruning's linear schedule); the named layers keep their output channels."""
     modules = dict(net.named_modules())
     was_training = net.training
     try:
         with autograd_on():
             pruner = tp.pruner.BasePruner(
                 net,
-                example_input.to(_device(net)),
-                importance=_CachedImportance(make_importance(importance)),
+                measure.move_to(example_input, measure.device_of(net)),
+                importance=make_importance(importance),
                 global_pruning=ranking == "global",
-                pruning_ratio=0.0,
+                pruning_ratio=amount,
+                iterative_steps=steps,
                 ignored_layers=[modules[name] for name in ignored_layers],
                 round_to=round_to,
+                output_transform=logits_of,  # trace the logits of any output the contract allows
             )
     finally:
         net.train(was_training)  # tracing leaves the network in eval mode
     return pruner
 
 
-def _plan(pruner: tp.pruner.BasePruner, ratio: float) -> Iterator[Any]:
-    """The groups (layers + channel indices) a step to `ratio` of the initial channels removes."""
-    pruner.iterative_steps, pruner.current_step = 1, 0
-    pruner.per_step_pruning_ratio = [0.0, ratio]
-    return pruner.step(interactive=True)
-
-
-def estimate_removed(pruner: tp.pruner.BasePruner, ratio: float, spatial: dict) -> dict:
-    """Params and MACs (per sample) a step to `ratio` would remove, from Conv/Linear/BN widths.
-
-    `spatial[module]` is the number of output positions per channel of each Conv/Linear (from
-    one dense forward pass); layers of other types are not counted.
-    """
-    out_cut: dict[nn.Module, set[int]] = {}
-    in_cut: dict[nn.Module, set[int]] = {}
-    for group in _plan(pruner, ratio):
-        for dep, idxs in group:
-            module = dep.target.module
-            if isinstance(module, nn.Module):
-                cut = out_cut if pruner.DG.is_out_channel_pruning_fn(dep.handler) else in_cut
-                cut.setdefault(module, set()).update(int(i) for i in idxs)
-    removed = {"params": 0, "macs": 0}
-    for module in set(out_cut) | set(in_cut):
-        n_out, n_in = len(out_cut.get(module, ())), len(in_cut.get(module, ()))
-        if isinstance(module, BATCH_NORMS):
-            removed["params"] += 2 * n_out if module.affine else 0
-            continue
-        if isinstance(module, nn.modules.conv._ConvNd):
-            c_out, c_in, groups = module.out_channels, module.in_channels, module.groups
-            kernel = math.prod(module.kernel_size)
-            if groups > 1 and groups == c_in:  # depthwise: groups follow the channels
-                new_in_per_group, old_in_per_group = 1, 1
-            else:
-                new_in_per_group, old_in_per_group = (c_in - n_in) / groups, c_in / groups
-        elif isinstance(module, nn.Linear):
-            c_out, c_in, kernel = module.out_features, module.in_features, 1
-            new_in_per_group, old_in_per_group = c_in - n_in, c_in
-        else:
-            continue
-        old = c_out * old_in_per_group * kernel
-        new = (c_out - n_out) * new_in_per_group * kernel
-        bias = n_out if getattr(module, "bias", None) is not None else 0
-        removed["params"] += int(old - new) + bias
-        removed["macs"] += int((old - new) * spatial.get(module, 0))
-    return removed
-
-
-def _spatial_sizes(net: nn.Module, example_input: torch.Tensor) -> dict[nn.Module, int]:
-    sizes: dict[nn.Module, int] = {}
-
-    def hook(m: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        channels = m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
-        sizes[m] = output.numel() // channels
-
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, PRUNABLE)]
-    was_training = net.training
-    try:
-        with torch.no_grad():
-            net.eval()(example_input[:1].to(_device(net)))
-    finally:
-        for handle in handles:
-            handle.remove()
-        net.train(was_training)
-    return sizes
-
-
-def _metric(net: nn.Module, example_input: torch.Tensor, metric: str) -> int:
-    if metric == "params":
-        return measure_lib.count_params(net)
-    return measure_lib.count_macs(net, example_input[:1])
-
-
-def solve_ratio(
-    pruner: tp.pruner.BasePruner,
-    net: nn.Module,
-    example_input: torch.Tensor,
-    metric: str,
-    goal: float,
-    low: float = 0.0,
-) -> float:
-    """The smallest channel ratio (of the initial channels) that brings `metric` to `goal`.
-
-    `metric` is "params" or "macs" of `net` as `slimlab.compression.report` counts them; the
-    search plans steps without applying them. What a ratio removes is not monotonic
-    (torch-pruning skips a layer whose rounded width would reach 0), so a coarse scan finds a
-    ratio that reaches `goal` and bisection narrows it, always keeping one that reaches it.
-    Out of reach: the scanned ratio that removes the most.
-    """
-    spatial = _spatial_sizes(net, example_input)
-    now = _metric(net, example_input, metric)
-    if now <= goal:
-        return low
-
-    def removed(ratio: float) -> int:
-        return estimate_removed(pruner, ratio, spatial)[metric]
-
-    scan = [r for r in SCAN_RATIOS if r > low]
-    high = next((r for r in scan if now - removed(r) <= goal), None)
-    if high is None:
-        return max(scan, key=removed)
-    low = max([low, *(r for r in scan if r < high)])
-    for _ in range(12):  # ~1e-4 of a ratio: below one channel of any real layer
-        middle = (low + high) / 2
-        if now - removed(middle) <= goal:
-            high = middle
-        else:
-            low = middle
-    return high
-
-
-def most_removed(
-    pruner: tp.pruner.BasePruner, net: nn.Module, example_input: torch.Tensor, metric: str
-) -> float:
-    """The largest fraction of `metric` ("params" or "macs") one step can take from `net`."""
-    spatial = _spatial_sizes(net, example_input)
-    best = max(estimate_removed(pruner, r, spatial)[metric] for r in SCAN_RATIOS)
-    return best / _metric(net, example_input, metric)
-
-
-def prune_to(pruner: tp.pruner.BasePruner, ratio: float) -> list[list]:
-    """Prune `pruner`'s network to `ratio` of its initial channels; return the step's history."""
+def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
+    """Take the pruner's next step; return what it removed as plain-data pruning history."""
     start = len(pruner.DG.pruning_history())
-    for group in _plan(pruner, ratio):
-        group.prune()
+    with autograd_on():
+        pruner.step()
     return [
         [str(name), bool(out), [int(i) for i in idxs]]
         for name, out, idxs in pruner.DG.pruning_history()[start:]
     ]
 
 
-def apply_history(net: nn.Module, example_input: torch.Tensor, history: list) -> None:
+def _count(net: nn.Module, example_input: Any, metric: str) -> int:
+    if metric == "params":
+        return measure.count_params(net)
+    return measure.count_macs(net, example_input)
+
+
+def prune_until(
+    pruner: tp.pruner.BasePruner, net: nn.Module, example_input: Any, metric: str, goal: float
+) -> list[list]:
+    """Step the pruner until `metric` ("params" or "macs", as `measure` counts them) of `net` is
+    at most `goal`, or its schedule ends; return the history of the steps taken."""
+    history: list[list] = []
+    while pruner.current_step < pruner.iterative_steps:
+        if _count(net, example_input, metric) <= goal:
+            break
+        history += prune_step(pruner)
+    return history
+
+
+def reachable_fraction(
+    net: nn.Module,
+    example_input: Any,
+    metric: str,
+    importance: str,
+    ranking: str,
+    round_to: int | None,
+    ignored_layers: Sequence[str],
+) -> float:
+    """About the largest fraction of `metric` that removing channels takes from `net`: a dry
+    run of `REACH_STEPS` steps to all channels on a copy (the real schedule's finer steps may
+    take slightly more)."""
+    copied = copy.deepcopy(net)
+    dense = _count(copied, example_input, metric)
+    pruner = build_pruner(
+        copied, example_input, importance, ranking, round_to, ignored_layers, 1.0, REACH_STEPS
+    )
+    least = dense
+    while pruner.current_step < pruner.iterative_steps:
+        prune_step(pruner)
+        least = min(least, _count(copied, example_input, metric))
+    return 1.0 - least / dense
+
+
+def apply_history(net: nn.Module, example_input: Any, history: list) -> None:
     """Remove the channels torch-pruning's pruning `history` lists from `net`, in order."""
     was_training = net.training
     try:
         with autograd_on():
             graph = tp.DependencyGraph().build_dependency(
-                net, example_inputs=example_input.to(_device(net))
+                net,
+                example_inputs=measure.move_to(example_input, measure.device_of(net)),
+                output_transform=logits_of,
             )
     finally:
         net.train(was_training)
@@ -326,32 +253,15 @@ def steps_done(module: SlimModule) -> int:
     return sum(1 for entry in module.structure_log if entry.get("kind") == "prune")
 
 
-def _val_metrics(trainer: L.Trainer) -> dict[str, float]:
-    return {
-        "val_" + key[4:]: float(value)
-        for key, value in trainer.callback_metrics.items()
-        if key.startswith("val/") and not key.endswith("_best") and value.numel() == 1
-    }
-
-
-def _flatten(prefix: str, value: Any, out: dict[str, float]) -> dict[str, float]:
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            _flatten(f"{prefix}/{key}", item, out)
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        out[prefix] = float(value)
-    return out
-
-
 # -- the callback ---------------------------------------------------------------------------------
-class StructuredPruning(L.Callback):
+class StructuredPruning(CompressionCallback):
     """Remove whole channels during training with torch-pruning, then fine-tune.
 
     Args:
         amount: the fraction to remove, in (0, 1): of the channels (`target="channels"`), or of
             the network's parameters / MACs (`target="params"` / `"macs"`).
-        target: what `amount` is a fraction of. For params and MACs the channel ratio is found
-            by search at each step.
+        target: what `amount` is a fraction of. For params and MACs each step prunes in small
+            steps until the count reaches its goal.
         importance: how channels are ranked: "l1" / "l2" (weight magnitude of the whole coupled
             group), "bn_scale" (|batch-norm scale|), "taylor" (|weight x gradient| of the last
             training batch), "random" (a baseline).
@@ -367,9 +277,12 @@ class StructuredPruning(L.Callback):
             the classifier head always stays.
         regularization: weight of an L1 penalty on batch-norm scales until the last step
             (network slimming); needs importance="bn_scale".
-        report: measure dense vs pruned into `compression_report`; True, False, or a mapping
-            with `enabled`, `latency` (measure CPU latency at batch 1 and 64) and `repeats`.
+        report: measure dense vs pruned into `compression_report`: true, false, or a mapping
+            with `enabled`, `latency` (CPU latency at batch 1 and 64) and `repeats`.
     """
+
+    key = KEY
+    stage = Stage.PRUNE
 
     def __init__(
         self,
@@ -429,13 +342,6 @@ class StructuredPruning(L.Callback):
             f"{KEY}.ignored_layers={ignored_layers!r} is not a list: give layer names, e.g. "
             "[stem.0]",
         )
-        if isinstance(report, bool):
-            report = {"enabled": report}
-        unknown = sorted(set(report) - set(REPORT_KEYS))
-        require(not unknown, f"{KEY}.report has unknown keys {unknown}: give {list(REPORT_KEYS)}")
-        repeats = int(report.get("repeats", 20))
-        require(repeats >= 1, f"{KEY}.report.repeats={repeats} is out of range: give >= 1")
-
         self.amount = float(amount)
         self.target = target
         self.importance = importance
@@ -446,32 +352,35 @@ class StructuredPruning(L.Callback):
         self.round_to = None if round_to is None else int(round_to)
         self.ignored_layers = [str(name) for name in ignored_layers]
         self.regularization = float(regularization)
-        self.report_enabled = bool(report.get("enabled", True))
-        self.report_latency = bool(report.get("latency", True))
-        self.report_repeats = repeats
+        self.report = measure.report_settings(report, KEY)
         self._head: str | None = None
-        # state (see state_dict): torch-pruning's initial channels per ranking scope, the dense
-        # network's measurements and validation metrics, Taylor gradients awaiting a step
-        self._scope_channels: dict[str, int] = {}
+        self._pruner: tp.pruner.BasePruner | None = None  # rank 0's, built in setup
+        # state (see state_dict): the pruner's progress, the dense network's measurements and
+        # best validation, the pruned network's, the channel ratio after each step, Taylor
+        # gradients awaiting a step
+        self._progress: dict[str, Any] | None = None
+        self._dense_count: int | None = None  # dense params / MACs (a params / MACs target)
         self._dense: dict[str, Any] | None = None
+        self._dense_best = measure.BestValidation()
+        self._pruned: dict[str, Any] | None = None
+        self._pruned_best = measure.BestValidation()
+        self._pruned_log_length: int | None = None  # structure-log length after the last step
         self._ratios: list[float] = []
         self._grads: dict[str, torch.Tensor] = {}
 
+    @override
+    def structure_window(self) -> StructureWindow:
+        last = prune_last_step_epoch(self.steps, self.start_epoch, self.end_epoch)
+        return StructureWindow(
+            self.start_epoch, last, f"{KEY}.start_epoch", "the last pruning step"
+        )
+
     # -- checks before training --------------------------------------------------------------
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        require(
-            isinstance(pl_module, SlimModule),
-            f"{KEY} needs a slimlab.models.SlimModule, got {type(pl_module).__name__}",
-        )
-        strategy = trainer.strategy
-        require(
-            isinstance(strategy, SingleDeviceStrategy | DDPStrategy)
-            and not isinstance(strategy, DeepSpeedStrategy),
-            f"{KEY} does not support the {type(strategy).__name__}: train on one device or with "
-            "trainer=ddp / ddp_sim (pruning rewrites the network that other strategies shard)",
-        )
+        module = self.check_setup(trainer, pl_module)
         max_epochs = trainer.max_epochs
         if not trainer.fast_dev_run and max_epochs is not None and max_epochs >= 0:
             require(
@@ -485,9 +394,20 @@ class StructuredPruning(L.Callback):
                     f"max_epochs={max_epochs}: later steps run only if training is resumed "
                     "with more epochs"
                 )
-        self._check_network(pl_module)
+        done = steps_done(module)
+        if done >= self.steps:
+            return
+        if self._pruner is not None and self._pruner.model is module.net:
+            return  # a second fit of the same module: the pruner goes on
+        require(
+            done == 0 or self._progress is not None,
+            f"model.net has {done} of the {self.steps} pruning steps but no pruning state: "
+            "resume the run with ckpt_path=<its last.ckpt> so the schedule continues",
+        )
+        self._pruner = self._check_network(module)
 
-    def _check_network(self, pl_module: SlimModule) -> None:
+    def _check_network(self, pl_module: SlimModule) -> tp.pruner.BasePruner:
+        """Check the network can be pruned as asked; return the run's pruner, built on it."""
         net, example = pl_module.net, pl_module.example_input_array
         modules = dict(net.named_modules())
         for name in self.ignored_layers:
@@ -504,11 +424,7 @@ class StructuredPruning(L.Callback):
             )
         try:
             self._head = find_head(net, example)
-            # nothing is trained yet: Taylor (weight x gradient) stands in as weight magnitude
-            importance = "l1" if self.importance == "taylor" else self.importance
-            pruner = build_pruner(
-                net, example, importance, self.ranking, self.round_to, self._ignored(net)
-            )
+            pruner = self._build(net, example, self.importance)
             groups = list(
                 pruner.DG.get_all_groups(
                     ignored_layers=pruner.ignored_layers,
@@ -527,15 +443,31 @@ class StructuredPruning(L.Callback):
             f"model.net ({type(net).__name__}) has no channels {KEY} may remove: it needs Conv "
             f"or Linear layers besides the head ({self._head}) and {KEY}.ignored_layers",
         )
-        if self.target != "channels" and steps_done(pl_module) == 0:
+        if self.target != "channels":
+            # nothing is trained yet: Taylor (weight x gradient) stands in as weight magnitude
+            importance = "l1" if self.importance == "taylor" else self.importance
             with autograd_on():
-                most = most_removed(pruner, net, example, self.target)
+                most = reachable_fraction(
+                    net, example, self.target, importance, self.ranking, self.round_to,
+                    self._ignored(net),
+                )  # fmt: skip
             require(
                 self.amount <= most,
                 f"{KEY}.amount={self.amount} of the {self.target} is out of reach: removing "
                 f"channels can take at most {most:.3f} of them from model.net "
                 f"({type(net).__name__}); give a smaller amount",
             )
+        return pruner
+
+    def _build(self, net: nn.Module, example: Any, importance: str) -> tp.pruner.BasePruner:
+        if self.target == "channels":  # torch-pruning's own schedule: n steps to `amount`
+            amount, steps = self.amount, self.steps
+        else:  # fine steps towards all channels; each pruning step stops at its goal
+            amount, steps = 1.0, FINE_STEPS
+        return build_pruner(
+            net, example, importance, self.ranking, self.round_to, self._ignored(net),
+            amount, steps,
+        )  # fmt: skip
 
     def _ignored(self, net: nn.Module) -> list[str]:
         names = list(self.ignored_layers)
@@ -544,21 +476,16 @@ class StructuredPruning(L.Callback):
         return names
 
     # -- the schedule -----------------------------------------------------------------------
-    def _step_position(self, k: int, batches: float) -> tuple[int, int]:
-        """(epoch, batch index) before which step `k` (0-based) runs."""
-        span = self.end_epoch - self.start_epoch
-        if math.isinf(batches) or batches <= 0:
-            return self.start_epoch + (k * span) // self.steps, 0
-        batches = int(batches)
-        position = self.start_epoch * batches + (k * span * batches) // self.steps
-        return position // batches, position % batches
-
     def _due(self, trainer: L.Trainer, pl_module: SlimModule, epoch: int, batch_idx: int) -> bool:
         k = steps_done(pl_module)
         if k >= self.steps:
             return False
-        return (epoch, batch_idx) >= self._step_position(k, trainer.num_training_batches)
+        position = prune_step_position(
+            k, self.steps, self.start_epoch, self.end_epoch, trainer.num_training_batches
+        )
+        return (epoch, batch_idx) >= position
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.regularization > 0 and steps_done(pl_module) < self.steps:
             pl_module.add_loss_term(LOSS_TERM, self._sparsity_term(pl_module))
@@ -578,6 +505,7 @@ class StructuredPruning(L.Callback):
 
         return term
 
+    @override
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
@@ -586,6 +514,7 @@ class StructuredPruning(L.Callback):
         while self._due(trainer, pl_module, trainer.current_epoch, batch_idx):
             self._prune_step(trainer, pl_module)
 
+    @override
     def on_train_batch_end(
         self,
         trainer: L.Trainer,
@@ -594,6 +523,7 @@ class StructuredPruning(L.Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
+        self.check_loss_terms_used(pl_module, [LOSS_TERM])
         if steps_done(pl_module) >= self.steps:
             return
         if self.importance == "taylor" and trainer.is_global_zero:
@@ -610,30 +540,35 @@ class StructuredPruning(L.Callback):
             while steps_done(pl_module) < self.steps:
                 self._prune_step(trainer, pl_module)
 
+    @override
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit":
+            return
+        done = steps_done(pl_module)
+        if done == 0:
+            self._dense_best.update(trainer)
+        elif done == self.steps and len(pl_module.structure_log) == self._pruned_log_length:
+            self._pruned_best.update(trainer)  # the pruned network, not yet rewritten by others
+
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         pl_module.remove_loss_term(LOSS_TERM)
-        if self.report_enabled and steps_done(pl_module) > 0 and trainer.is_global_zero:
+        if steps_done(pl_module) >= self.steps:
+            self._pruner = None  # holds the network; nothing is left to prune
+        if self.report.enabled and steps_done(pl_module) > 0 and trainer.is_global_zero:
             self._report(trainer, pl_module)
 
     # -- one step ---------------------------------------------------------------------------
     def _prune_step(self, trainer: L.Trainer, pl_module: SlimModule) -> None:
         k = steps_done(pl_module)
-        others = sorted({e["kind"] for e in pl_module.structure_log if e["kind"] != "prune"})
-        require(
-            not others,
-            f"{KEY} step {k + 1} would prune a network that {others} already rewrote: pruning "
-            "must come first (prune -> distill -> quantize); finish the pruning schedule before "
-            "the other compression changes the network",
-        )
-        net = pl_module.net
-        example = pl_module.example_input_array.to(pl_module.device)
+        net, example = pl_module.net, pl_module.example_input_array
         plan: dict[str, Any] | None = None
         error: Exception | None = None
         if trainer.is_global_zero:
             try:
-                if k == 0:
-                    self._measure_dense(trainer, net, example)
-                plan = self._plan_and_prune(net, example, k)
+                if k == 0 and self.report.enabled:
+                    self._dense = measure.measure_as(net, example, self.report)
+                plan = self._step_pruner(pl_module, k)
             except Exception as exc:  # tell the other ranks instead of leaving them waiting
                 plan, error = {"error": repr(exc)}, exc
         plan = trainer.strategy.broadcast(plan, src=0)
@@ -643,7 +578,7 @@ class StructuredPruning(L.Callback):
             raise RuntimeError(f"{KEY}: step {k + 1} failed on rank 0: {plan['error']}")
         if not trainer.is_global_zero:
             apply_history(net, example, plan["history"])
-        self._scope_channels = dict(plan["scope_channels"])
+        self._progress = plan["progress"]
         self._ratios.append(float(plan["ratio"]))
         # a Taylor step due at this same batch (catching up, or fast_dev_run) ranks by the
         # gradients torch-pruning just pruned along; a later one takes a fresh snapshot
@@ -670,54 +605,51 @@ class StructuredPruning(L.Callback):
             }
         )
         pl_module.net_changed()
-        rewrap_ddp(trainer, pl_module)
-        rebuild_optimizers(trainer)
-        forget_best(trainer)
+        after_structure_change(trainer, pl_module)
         if k + 1 == self.steps:
             pl_module.remove_loss_term(LOSS_TERM)
+            self._pruned_log_length = len(pl_module.structure_log)
+            if trainer.is_global_zero and self.report.enabled:
+                self._pruned = measure.measure_as(net, example, self.report)
         if trainer.is_global_zero:
             self._log_step(trainer, pl_module, k + 1, widths)
 
-    def _plan_and_prune(self, net: nn.Module, example: torch.Tensor, k: int) -> dict[str, Any]:
-        """Rank channels and prune `net` for step `k`; return the plan the other ranks replay."""
-        with torch.random.fork_rng(devices=[]), autograd_on():
+    def _step_pruner(self, pl_module: SlimModule, k: int) -> dict[str, Any]:
+        """Step rank 0's pruner for pruning step `k`; return the plan the other ranks replay."""
+        pruner = self._pruner
+        assert pruner is not None, "the pruner is built in setup"
+        if self._progress is not None and pruner.current_step != self._progress["step"]:
+            resume_pruner(pruner, self._progress)  # a resumed run: the network is pruned already
+        net, example = pl_module.net, pl_module.example_input_array
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch.initial_seed() + k)  # importance=random: reproducible steps
             for name, p in net.named_parameters():
                 if name in self._grads:
                     p.grad = self._grads[name].to(p.device)
-            pruner = build_pruner(
-                net, example, self.importance, self.ranking, self.round_to, self._ignored(net)
-            )
-            pruner._scope_initial_channels.update(self._scope_channels)
-            fraction = self.amount * (k + 1) / self.steps
             if self.target == "channels":
-                ratio = fraction
+                history = prune_step(pruner)
             else:
-                assert self._dense is not None
-                goal = (1.0 - fraction) * self._dense[self.target]
-                ratio = solve_ratio(pruner, net, example, self.target, goal, self._last_ratio())
-            history = prune_to(pruner, ratio)
+                if self._dense_count is None:
+                    self._dense_count = _count(net, example, self.target)
+                goal = (1.0 - prune_fraction(k, self.steps, self.amount)) * self._dense_count
+                history = prune_until(pruner, net, example, self.target, goal)
+                if _count(net, example, self.target) > goal:
+                    log.warning(
+                        f"{KEY}: step {k + 1} reached {_count(net, example, self.target)} "
+                        f"{self.target}, short of the goal {goal:.0f}: no more channels can go"
+                    )
         return {
             "history": history,
-            "ratio": ratio,
-            "scope_channels": {str(k): int(v) for k, v in pruner._scope_initial_channels.items()},
+            "ratio": float(pruner.per_step_pruning_ratio[pruner.current_step]),
+            "progress": pruner_progress(pruner),
         }
-
-    def _last_ratio(self) -> float:
-        return self._ratios[-1] if self._ratios else 0.0
-
-    def _measure_dense(self, trainer: L.Trainer, net: nn.Module, example: torch.Tensor) -> None:
-        latency = self.report_enabled and self.report_latency
-        dense = measure_lib.measure(net, example, repeats=self.report_repeats, latency=latency)
-        dense.update(_val_metrics(trainer))
-        self._dense = dense
 
     def _log_step(
         self, trainer: L.Trainer, pl_module: SlimModule, step: int, widths: dict[str, int]
     ) -> None:
-        example = pl_module.example_input_array[:1]
-        params = measure_lib.count_params(pl_module.net)
-        macs = measure_lib.count_macs(pl_module.net, example)
+        example = pl_module.example_input_array
+        params = measure.count_params(pl_module.net)
+        macs = measure.count_macs(pl_module.net, measure.example_batch(example, 1))
         metrics = {"prune/step": float(step), "prune/params": params, "prune/macs": macs}
         metrics.update({f"prune/width/{name}": width for name, width in widths.items()})
         for logger in trainer.loggers:
@@ -728,14 +660,12 @@ class StructuredPruning(L.Callback):
         )
 
     def _report(self, trainer: L.Trainer, pl_module: SlimModule) -> None:
-        example = pl_module.example_input_array.cpu()
-        after = measure_lib.measure(
-            pl_module.net, example, repeats=self.report_repeats, latency=self.report_latency
-        )
-        after.update(_val_metrics(trainer))
-        before = dict(self._dense or {})
-        if not self.report_latency:
-            before = {k: v for k, v in before.items() if not k.startswith("latency_ms")}
+        """The dense network at its best epoch vs the pruned one at its best epoch."""
+        pruned = self._pruned
+        if pruned is None and len(pl_module.structure_log) == self._pruned_log_length:
+            pruned = measure.measure_as(pl_module.net, pl_module.example_input_array, self.report)
+        before = {**(self._dense or {}), **(self._dense_best.metrics or {})}
+        after = {**(pruned or {}), **(self._pruned_best.metrics or {})}
         section = {
             "method": (
                 f"{self.ranking} {self.importance} to {self.amount} of the {self.target} in "
@@ -743,33 +673,42 @@ class StructuredPruning(L.Callback):
             ),
             "steps": steps_done(pl_module),
             "channel_ratios": list(self._ratios),
-            **measure_lib.compare(before, after),
-            "widths": layer_widths(pl_module.net),
+            "dense_best_epoch": self._dense_best.epoch,
+            "pruned_best_epoch": self._pruned_best.epoch,
+            **measure.compare(before, after),
+            "widths": [e for e in pl_module.structure_log if e["kind"] == "prune"][-1]["widths"],
         }
         if "val_acc" in before and "val_acc" in after:
             section["val_acc_change"] = after["val_acc"] - before["val_acc"]
-        measure_lib.add_section(pl_module, "pruning", section)
-        flat = _flatten(
-            "compression/pruning", {k: v for k, v in section.items() if k != "widths"}, {}
-        )
-        for logger in trainer.loggers:
-            logger.log_metrics(flat, step=trainer.global_step)
+        measure.add_section(pl_module, "pruning", section)
         change = {k: v for k, v in section.items() if k.endswith("_ratio") or "speedup" in k}
         log.info(f"Pruning report: {change}")
 
     # -- state --------------------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {
-            "scope_channels": dict(self._scope_channels),
+            "progress": self._progress,
+            "dense_count": self._dense_count,
             "dense": self._dense,
+            "dense_best": self._dense_best.state_dict(),
+            "pruned": self._pruned,
+            "pruned_best": self._pruned_best.state_dict(),
+            "pruned_log_length": self._pruned_log_length,
             "ratios": list(self._ratios),
         }
         if self._grads:
             state["taylor_grads"] = dict(self._grads)
         return state
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._scope_channels = dict(state_dict.get("scope_channels", {}))
+        self._progress = state_dict.get("progress")
+        self._dense_count = state_dict.get("dense_count")
         self._dense = state_dict.get("dense")
+        self._dense_best.load_state_dict(state_dict.get("dense_best"))
+        self._pruned = state_dict.get("pruned")
+        self._pruned_best.load_state_dict(state_dict.get("pruned_best"))
+        self._pruned_log_length = state_dict.get("pruned_log_length")
         self._ratios = list(state_dict.get("ratios", []))
         self._grads = dict(state_dict.get("taylor_grads", {}))

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from typing_extensions import override
 
 from slimlab.data.augment import Normalize
 from slimlab.data.sampler import EpochShuffleSampler
@@ -65,6 +66,7 @@ class ClassificationDataModule(L.LightningDataModule):
         """Return (train, val, test) datasets of (image tensor, label) pairs."""
         raise NotImplementedError
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         world_size = self.trainer.world_size if self.trainer is not None else 1
         require(
@@ -94,15 +96,19 @@ class ClassificationDataModule(L.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
+    @override
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.data_train, train=True)
 
+    @override
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.data_val, train=False)
 
+    @override
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.data_test, train=False)
 
+    @override
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if not isinstance(batch, list | tuple) or len(batch) != 2:
             return batch  # e.g. the model's example_input_array, already in model space
@@ -112,10 +118,6 @@ class ClassificationDataModule(L.LightningDataModule):
         if self.augment is not None and self.trainer is not None and self.trainer.training:
             x = self.augment(x)
         return x, y
-
-    def example_input(self) -> torch.Tensor:
-        """A batch of one zero image in this dataset's input shape."""
-        return torch.zeros(1, *self.input_shape)
 
 
 class DownloadedDataModule(ClassificationDataModule):

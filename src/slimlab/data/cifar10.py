@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
+from typing_extensions import override
 
 from slimlab.data.base import DownloadedDataModule
-from slimlab.data.download import DownloadError, download, md5_of, split_train_val
+from slimlab.data.download import DownloadError, download, md5_of
+from slimlab.data.split import split_train_val
 from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
 
@@ -159,6 +161,7 @@ class CIFAR10DataModule(DownloadedDataModule):
             "with network access."
         )
 
+    @override
     def prepare_data(self) -> None:
         """Download and unpack the archive if the batches are missing (rank zero, under DDP)."""
         self._folder()

@@ -10,9 +10,6 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from torch.utils.data import TensorDataset
-
 from slimlab.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -69,13 +66,3 @@ def download(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
     raise DownloadError(f"could not fetch {dest.name} ({'; '.join(failures)})")
-
-
-def split_train_val(
-    x: torch.Tensor, y: torch.Tensor, val_fraction: float, seed: int
-) -> tuple[TensorDataset, TensorDataset]:
-    """Shuffle with `seed` and hold out `val_fraction` of (x, y) for validation."""
-    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
-    n_val = min(max(1, round(len(y) * val_fraction)), len(y) - 1)
-    val, train = order[:n_val], order[n_val:]
-    return TensorDataset(x[train], y[train]), TensorDataset(x[val], y[val])

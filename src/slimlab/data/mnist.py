@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
+from typing_extensions import override
 
 from slimlab.data.base import DownloadedDataModule
-from slimlab.data.download import DownloadError, download, md5_of, split_train_val
+from slimlab.data.download import DownloadError, download, md5_of
+from slimlab.data.split import split_train_val
 from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
 
@@ -126,6 +128,7 @@ class MNISTDataModule(DownloadedDataModule):
             "set data.download=true on a machine with network access."
         )
 
+    @override
     def prepare_data(self) -> None:
         """Download the files that are missing from `data_dir` (rank zero only, under DDP)."""
         self._files()

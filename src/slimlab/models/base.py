@@ -1,63 +1,88 @@
 """The surface every SlimLab LightningModule offers to compression callbacks.
 
-Compression callbacks (pruning, quantization, distillation) work on any module that
-subclasses `SlimModule`, without knowing its code. The contract:
+Compression callbacks (pruning, quantization, distillation, 8/4-bit weights) work on any module
+that subclasses `SlimModule`, without knowing its code. The contract:
 
-- ``self.net``: the plain ``nn.Module`` that compression may rewrite or replace. Call
-  ``self.net_changed()`` after replacing or reshaping it.
-- ``self.example_input_array``: a batch-1 input tensor, used for tracing, dependency
-  graphs, MAC counts and export (also Lightning's model summary).
+- ``self.net``: the plain ``nn.Module`` that compression may rewrite or replace. It returns
+  logits: a tensor, or a dict / object holding a ``logits`` tensor (as Hugging Face models
+  return); `logits_of` reads either. Call ``self.net_changed()`` after replacing or reshaping it.
+- ``self.example_input_array``: one example input of batch size 1 with the real dtypes and
+  structure: a tensor, or a dict of named tensors (integer token ids and an attention mask
+  included) passed to ``net`` as keyword arguments (`call_net`). Compression traces it, counts
+  MACs on it, times latency on it (a batch of N repeats it N times) and exports with it; nothing
+  feeds a random float tensor in its place. Lightning's model summary uses it too.
 - ``self.add_loss_term(name, fn)``: ``fn(batch, logits) -> scalar tensor`` is added to the
-  training loss and logged as ``train/<name>``; ``self.task_loss_weight`` scales the
-  module's own task loss (distillation sets it to ``1 - alpha``).
+  training loss by ``self.combine_loss(task_loss, batch, logits)``, which every
+  ``training_step`` must call and return (``loss, parts = self.combine_loss(...)``) and which
+  logs nothing itself. ``self.task_loss_weight`` scales the module's own task loss
+  (distillation sets it to ``1 - alpha``). A compression callback whose term was never called
+  in the first training batch stops the run with a message saying so.
+- ``self.compression_report``: each compression callback puts its before/after section here
+  (`slimlab.compression.measure.add_section`); the train entry writes it to metrics.json.
 - Checkpoints: ``self.hparams`` (plain containers only) rebuild the dense network. A
   callback that changes the network's structure records one plain-data entry with
   ``self.record_structure({"kind": ..., ...})``. The entries are saved under
-  ``checkpoint["slimlab"]["structure"]`` and replayed, in order, by the restorer registered
-  for their kind before the weights load, so a pruned or quantized checkpoint loads back
-  into its own shape through ``load_from_checkpoint``, ``ckpt_path=`` resume and ``eval.py``
-  while the file still opens with ``torch.load(weights_only=True)``.
+  ``checkpoint["slimlab"]["structure"]`` and replayed, in order, by the restorer of their kind
+  before the weights load, so a pruned or quantized checkpoint loads back into its own shape
+  through ``load_from_checkpoint``, ``ckpt_path=`` resume and ``eval.py`` while the file still
+  opens with ``torch.load(weights_only=True)``.
+
+Restorers: this package names no compression technique. A restorer is found by its kind in
+the ``slimlab.structure`` entry-point group, which each package declares in its own
+pyproject.toml (SlimLab's: ``prune``, ``qat``, ``bnb``), so a fresh process that imported only
+`slimlab.models` loads any checkpoint; `register_structure_restorer` adds one at run time.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
+from collections import Counter
 from collections.abc import Callable, Mapping
+from importlib import metadata
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import get_class
 from torch import nn
+from typing_extensions import override
 
 from slimlab.utils.errors import ConfigError
+from slimlab.utils.params import count_parameters  # noqa: F401  (train/eval import it here)
 from slimlab.utils.plain import is_plain
 
 LossTerm = Callable[[Any, torch.Tensor], torch.Tensor]
+Restorer = Callable[["SlimModule", dict], None]
 
-# kind -> "module:function"; the function is called as fn(module, entry) and must reshape
-# module.net to what `entry` records. Imported only when a checkpoint needs it.
-STRUCTURE_RESTORERS: dict[str, str] = {
-    "prune": "slimlab.compression.pruning:restore_pruning",
-    "qat": "slimlab.compression.quantization:restore_quantization",
-    "bnb": "slimlab.compression.bnb:restore_bnb",
-}
+# entry-point group of structure restorers: name = kind, value = "module:function"; the function
+# is called as fn(module, entry) and must bring module.net to the structure `entry` records
+RESTORER_GROUP = "slimlab.structure"
+_RUNTIME_RESTORERS: dict[str, Restorer] = {}
 
 
-def register_structure_restorer(kind: str, target: str) -> None:
-    """Register `target` ("package.module:function") to replay structure entries of `kind`."""
-    STRUCTURE_RESTORERS[kind] = target
+def register_structure_restorer(kind: str, restorer: Restorer) -> None:
+    """Replay structure entries of `kind` with `restorer(module, entry)` in this process."""
+    _RUNTIME_RESTORERS[kind] = restorer
 
 
-def _restorer(kind: str) -> Callable[[SlimModule, dict], None]:
-    if kind not in STRUCTURE_RESTORERS:
+def structure_restorer(kind: str) -> Restorer:
+    """The restorer of structure entries of `kind`: registered at run time, else by entry point."""
+    if kind in _RUNTIME_RESTORERS:
+        return _RUNTIME_RESTORERS[kind]
+    found = metadata.entry_points(group=RESTORER_GROUP, name=kind)
+    if not found:
+        known = sorted({*_RUNTIME_RESTORERS, *metadata.entry_points(group=RESTORER_GROUP).names})
         raise ConfigError(
-            f"checkpoint structure entry kind={kind!r} has no restorer: known kinds are "
-            f"{sorted(STRUCTURE_RESTORERS)}; import the callback module that registers it"
+            f"checkpoint structure entry kind={kind!r} has no restorer: known kinds are {known}. "
+            f"Declare it in the '{RESTORER_GROUP}' entry-point group of the package that "
+            "records it (and reinstall that package: pip install -e .), or call "
+            "slimlab.models.register_structure_restorer before loading"
         )
-    module_name, _, function = STRUCTURE_RESTORERS[kind].partition(":")
-    return getattr(importlib.import_module(module_name), function)
+    if len(found) > 1:
+        owners = sorted(ep.value for ep in found)
+        raise ConfigError(f"structure kind={kind!r} has more than one restorer: {owners}")
+    (entry_point,) = found
+    return entry_point.load()
 
 
 def logits_of(output: Any) -> torch.Tensor:
@@ -86,29 +111,40 @@ class SlimModule(L.LightningModule):
     """Base class holding the compression contract (see the module docstring)."""
 
     net: nn.Module
+    compression_report: dict[str, dict[str, Any]]
 
     def __init__(self) -> None:
         super().__init__()
         self.loss_terms: dict[str, LossTerm] = {}
+        self.loss_term_calls: Counter[str] = Counter()
         self.task_loss_weight: float = 1.0
         self.structure_log: list[dict] = []
         self.run_config: dict | None = None
+        self.compression_report = {}
 
     # -- loss terms -----------------------------------------------------------------------
     def add_loss_term(self, name: str, fn: LossTerm) -> None:
         """Add `fn(batch, logits)` to the training loss, logged as train/<name>."""
         self.loss_terms[name] = fn
+        self.loss_term_calls[name] = 0
 
     def remove_loss_term(self, name: str) -> None:
         """Stop adding the loss term `name` (no error if absent)."""
         self.loss_terms.pop(name, None)
 
-    def combine_loss(self, task_loss: torch.Tensor, batch: Any, logits: torch.Tensor):
-        """Return the training loss and the logged value of each extra term."""
+    def combine_loss(
+        self, task_loss: torch.Tensor, batch: Any, logits: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss: `task_loss_weight * task_loss` plus every added loss term.
+
+        Call it in `training_step` with the batch and the net's logits and return its loss;
+        the second value holds each term's detached value, to log as train/<name>.
+        """
         loss = self.task_loss_weight * task_loss
         parts: dict[str, torch.Tensor] = {}
         for name, fn in self.loss_terms.items():
             term = fn(batch, logits)
+            self.loss_term_calls[name] += 1
             parts[name] = term.detach()
             loss = loss + term
         return loss, parts
@@ -134,34 +170,23 @@ class SlimModule(L.LightningModule):
                 "freshly built module"
             )
         for entry in entries[len(self.structure_log) :]:
-            _restorer(entry["kind"])(self, entry)
+            structure_restorer(entry["kind"])(self, entry)
             self.structure_log.append(copy.deepcopy(entry))
         self.net_changed()
 
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["slimlab"] = {
             "structure": copy.deepcopy(self.structure_log),
             "run_config": copy.deepcopy(self.run_config),
         }
 
+    @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("slimlab", {})
         self.replay_structure(saved.get("structure", []))
         if self.run_config is None:
             self.run_config = saved.get("run_config")
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of parameters in `module`, trainable or not, int8 packed weights included."""
-    from torch.ao.nn.quantized.modules.conv import _ConvNd as QuantizedConvNd
-    from torch.ao.nn.quantized.modules.linear import Linear as QuantizedLinear
-
-    total = sum(p.numel() for p in module.parameters())
-    for m in module.modules():
-        if isinstance(m, QuantizedConvNd | QuantizedLinear):  # weights live outside parameters()
-            weight, bias = m.weight(), m.bias()
-            total += weight.numel() + (bias.numel() if bias is not None else 0)
-    return int(total)
 
 
 def load_module(ckpt_path: str, model_class: str | None = None) -> SlimModule:

@@ -10,14 +10,19 @@ from hydra.utils import instantiate
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
-from slimlab.models.base import SlimModule
+from slimlab.models.base import SlimModule, call_net, logits_of
 from slimlab.utils.errors import require
 from slimlab.utils.plain import to_plain
 
 
 class ImageClassifier(SlimModule):
     """Classifies images with `net`; logs loss, accuracy and the best validation accuracy.
+
+    Batches are `(inputs, class indices)`; `net` is called through the contract (`call_net`,
+    `logits_of`), so it may take a tensor or a dict of tensors and return logits or an object
+    holding them.
 
     `net`, `optimizer` and `scheduler` are `_target_` configs (plain dicts in the checkpoint's
     hyper-parameters), so `load_from_checkpoint` rebuilds the same network. `optimizer` and
@@ -68,19 +73,25 @@ class ImageClassifier(SlimModule):
         self.val_acc_best = MaxMetric()
         self.__dict__["_compiled"] = None  # not a submodule: keeps state_dict keys unchanged
 
+    @override
     def net_changed(self) -> None:
         self.__dict__["_compiled"] = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @override
+    def forward(self, x: Any) -> torch.Tensor:
+        """The logits of `net` on `x` (a tensor, or a dict of tensors)."""
+        net = self.net
         if self.hparams.compile and self.training:
             if self.__dict__["_compiled"] is None:
                 self.__dict__["_compiled"] = torch.compile(self.net)
-            return self.__dict__["_compiled"](x)
-        return self.net(x)
+            net = self.__dict__["_compiled"]
+        return logits_of(call_net(net, x))
 
+    @override
     def on_train_start(self) -> None:
         self.val_acc_best.reset()
 
+    @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         logits = self(x)
@@ -94,6 +105,7 @@ class ImageClassifier(SlimModule):
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
+    @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
@@ -102,12 +114,14 @@ class ImageClassifier(SlimModule):
         self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
             return
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
 
+    @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
@@ -115,6 +129,7 @@ class ImageClassifier(SlimModule):
         self.log("test/loss", self.criterion(logits, y), on_epoch=True, sync_dist=True)
         self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
 
+    @override
     def configure_optimizers(self) -> Any:
         params = [p for p in self.parameters() if p.requires_grad]
         optimizer = instantiate(self.hparams.optimizer)(params=params)

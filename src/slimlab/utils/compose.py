@@ -15,15 +15,10 @@ import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
 # the clone's configs/ folder (SlimLab is used from a clone, installed editable)
 CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
 
-# overrides for runs driven from Python (benchmarks): no progress bar, model summary,
-# loggers, config print or warnings
-QUIET = (
-    "callbacks.rich_progress_bar=null",
-    "callbacks.model_summary=null",
-    "logger=none",
-    "extras.print_config=false",
-    "extras.ignore_warnings=true",
-)
+# overrides for runs driven from Python (tests, benchmarks): no progress bar or model summary
+# (NO_BARS); QUIET also drops the loggers, the config print and warnings
+NO_BARS = ("callbacks.rich_progress_bar=null", "callbacks.model_summary=null")
+QUIET = (*NO_BARS, "logger=none", "extras.print_config=false", "extras.ignore_warnings=true")
 
 
 def compose_config(

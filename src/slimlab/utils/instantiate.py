@@ -9,9 +9,9 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from slimlab.models.base import count_parameters
 from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
+from slimlab.utils.params import count_parameters
 
 log = get_logger(__name__)
 

@@ -2,6 +2,6 @@
 
 from slimlab.models.nets.cnn import SmallCNN
 from slimlab.models.nets.mlp import MLP
-from slimlab.models.nets.resnet import CifarResNet, resnet20, resnet32, resnet56
+from slimlab.models.nets.resnet import CifarResNet
 
-__all__ = ["MLP", "CifarResNet", "SmallCNN", "resnet20", "resnet32", "resnet56"]
+__all__ = ["MLP", "CifarResNet", "SmallCNN"]

@@ -1,4 +1,4 @@
-"""CIFAR-style ResNets (He et al. 2016, section 4.2): resnet20/32/44/56/110."""
+"""CIFAR-style ResNets (He et al. 2016, section 4.2): depth 20/32/44/56/110 (`depth=`)."""
 
 from __future__ import annotations
 
@@ -71,18 +71,3 @@ class CifarResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.stem(x))
         return self.classifier(self.pool(x).flatten(1))
-
-
-def resnet20(**kwargs) -> CifarResNet:
-    """ResNet-20 (0.27M parameters at width 16)."""
-    return CifarResNet(depth=20, **kwargs)
-
-
-def resnet32(**kwargs) -> CifarResNet:
-    """ResNet-32."""
-    return CifarResNet(depth=32, **kwargs)
-
-
-def resnet56(**kwargs) -> CifarResNet:
-    """ResNet-56 (0.85M parameters at width 16)."""
-    return CifarResNet(depth=56, **kwargs)

@@ -1,4 +1,4 @@
-"""The compression report: MACs, params, size and latency of float, QAT and int8 networks."""
+"""The measuring module: MACs, params, size and latency of float, QAT and int8 networks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from slimlab.compression.report import (
+from slimlab.compression.measure import (
     compare,
     count_macs,
     count_params,

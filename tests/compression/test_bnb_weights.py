@@ -1,52 +1,29 @@
-"""bitsandbytes: 8-bit optimizers train, linear weights quantize to int8/NF4/FP4 and reload."""
+"""bitsandbytes weights: linear layers quantize to int8/NF4/FP4, report and reload."""
 
 from __future__ import annotations
 
 import copy
 import json
-import sys
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from conftest import compose_config
-from slimlab.compression import bnb
-from slimlab.compression.report import size_on_disk
+from slimlab.compression import bnb_weights
+from slimlab.compression.measure import size_on_disk
 from slimlab.data import DigitsDataModule
 from slimlab.models import ImageClassifier
 from slimlab.models.base import load_module
 from slimlab.models.nets import MLP
-from slimlab.train import train
 from slimlab.utils.errors import ConfigError
 
 pytest.importorskip("bitsandbytes")
 
-FAST = ["callbacks.rich_progress_bar=null", "logger=none", "test=false"]
 
-
-def test_adamw8bit_trains_with_8bit_state(tmp_path: Path) -> None:
-    cfg = compose_config(tmp_path, [*FAST, "optimizer=adamw8bit", "trainer.max_epochs=2"])
-    metrics, objects = train(cfg)
-    assert float(metrics["val/acc"]) > 0.5
-    (optimizer,) = objects["trainer"].optimizers
-    assert type(optimizer).__name__ == "AdamW8bit"
-    dtypes = {s["state1"].dtype for s in optimizer.state.values()}
-    assert torch.uint8 in dtypes  # large tensors hold 8-bit state
-
-
-def test_bad_optimizer_name_and_mode_fail_clearly() -> None:
-    with pytest.raises(ConfigError, match="model.optimizer.name='AdamW4bit'"):
-        bnb.bnb_optimizer([torch.nn.Parameter(torch.zeros(2))], name="AdamW4bit")
+def test_bad_mode_fails_clearly() -> None:
     with pytest.raises(ConfigError, match="compression.bnb_weights.mode='int4'"):
-        bnb.BitsAndBytesWeights(mode="int4")
-
-
-def test_missing_bitsandbytes_names_the_extra(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
-    with pytest.raises(ImportError, match=r'pip install -e "\.\[bnb\]"'):
-        bnb.import_bnb()
+        bnb_weights.BitsAndBytesWeights(mode="int4")
 
 
 @pytest.mark.parametrize("mode", ["int8", "nf4", "fp4"])
@@ -55,7 +32,7 @@ def test_linear_weights_quantize_close_to_fp32(mode: str) -> None:
     net = MLP(hidden=(256, 128)).eval()
     x = torch.randn(32, 1, 8, 8)
     quantized = copy.deepcopy(net)
-    names = bnb.quantize_linear_weights(quantized, mode)
+    names = bnb_weights.quantize_linear_weights(quantized, mode)
     assert names == ["features.1", "features.5", "classifier"]
     error = (quantized(x) - net(x)).abs().max() / net(x).abs().max()
     assert error < (0.02 if mode == "int8" else 0.2), error
@@ -71,7 +48,7 @@ def test_weights_callback_reports_and_checkpoint_reloads(tmp_path: Path) -> None
     data = DigitsDataModule(batch_size=128)
     trainer = L.Trainer(
         max_epochs=3,
-        callbacks=[bnb.BitsAndBytesWeights(mode="nf4")],
+        callbacks=[bnb_weights.BitsAndBytesWeights(mode="nf4")],
         logger=False,
         enable_progress_bar=False,
         enable_model_summary=False,

@@ -3,15 +3,17 @@
 Pruning and QAT replace parameters mid-fit. Afterwards the optimizers and schedulers must
 hold the live parameters, DDP must wrap the new module, and "best checkpoint" tracking must
 start over, so an older checkpoint of another shape is never tested or restored as best.
+`after_structure_change` does all three, in that order, on every rank.
 """
 
 from __future__ import annotations
 
 import lightning as L
-import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
+
+from slimlab.utils.compat import forget_checkpoint_best, forget_early_stopping_best
 
 
 def rebuild_optimizers(trainer: L.Trainer, keep_state: bool = False) -> None:
@@ -54,11 +56,15 @@ def forget_best(trainer: L.Trainer) -> None:
     """Make checkpoint and early-stopping callbacks judge the new structure's epochs alone."""
     for cb in trainer.callbacks:
         if isinstance(cb, ModelCheckpoint) and cb.monitor is not None:
-            cb.best_k_models = {}
-            cb.kth_best_model_path = ""
-            cb.kth_value = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
-            cb.best_model_score = None
-            cb.best_model_path = ""
+            forget_checkpoint_best(cb)
         elif isinstance(cb, EarlyStopping):
-            cb.wait_count = 0
-            cb.best_score = torch.tensor(torch.inf if cb.mode == "min" else -torch.inf)
+            forget_early_stopping_best(cb)
+
+
+def after_structure_change(
+    trainer: L.Trainer, pl_module: L.LightningModule, keep_optimizer_state: bool = False
+) -> None:
+    """Re-wrap DDP, rebuild optimizers and schedulers, and restart best-checkpoint tracking."""
+    rewrap_ddp(trainer, pl_module)
+    rebuild_optimizers(trainer, keep_state=keep_optimizer_state)
+    forget_best(trainer)

@@ -1,61 +1,45 @@
-"""bitsandbytes: 8-bit optimizers and post-training 8-bit / 4-bit (NF4, FP4) linear weights.
+"""bitsandbytes post-training 8-bit / 4-bit (NF4, FP4) linear weights: `compression=bnb_weights`.
 
 bitsandbytes is optional (`pip install -e ".[bnb]"`) and slow to import (~5 s), so it is
-imported only inside the functions that need it.
+imported only inside the functions that need it. (8-bit optimizers are an optimizer choice:
+`slimlab.optim.bnb`.)
 
-- `bnb_optimizer`: the target of `optimizer=adamw8bit|lion8bit|paged_adamw8bit` (a partial
-  called with the parameters, like every optimizer config).
 - `quantize_linear_weights(net, mode)`: swap every `nn.Linear` of `net` for an int8 or 4-bit
   bitsandbytes layer, for inference (weights frozen).
-- `BitsAndBytesWeights`: a callback that does the swap when testing starts, records it in the
-  checkpointed structure log (replayed by `restore_bnb`), and reports the memory and accuracy
-  change. Use it from train.py (`compression=bnb_weights`) or eval.py
-  (`+callbacks.bnb._target_=slimlab.compression.bnb.BitsAndBytesWeights +callbacks.bnb.mode=nf4`).
+- `BitsAndBytesWeights`, timeline: `setup` checks the strategy and the module's contract
+  (before training, in train.py); when testing starts it measures the network, swaps its
+  linear layers, records ``{"kind": "bnb", ...}`` in the checkpointed structure log (replayed
+  by `restore_bnb`, so a checkpoint saved afterwards reloads quantized) and reports test
+  accuracy, params, MACs, size and latency before vs after. Use it from train.py
+  (`compression=bnb_weights`) or eval.py (`+callbacks.bnb._target_=slimlab.compression.
+  bnb_weights.BitsAndBytesWeights +callbacks.bnb.mode=nf4`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
-import torch
 from torch import nn
+from typing_extensions import override
 
+from slimlab.compression import measure
+from slimlab.compression.callback import CompressionCallback, Stage
 from slimlab.models.base import SlimModule
 from slimlab.utils.errors import require
 from slimlab.utils.logging import get_logger
+from slimlab.utils.optional import import_optional
 
 log = get_logger(__name__)
 
+KEY = "compression.bnb_weights"  # config key named in error messages
 MODES = ("int8", "nf4", "fp4")  # LLM.int8() weights, 4-bit NormalFloat, 4-bit float
-OPTIMIZERS = ("AdamW8bit", "Adam8bit", "Lion8bit", "PagedAdamW8bit", "PagedLion8bit", "SGD8bit")
 
 
-def import_bnb() -> Any:
-    """Import bitsandbytes, or fail saying which extra installs it."""
-    try:
-        import bitsandbytes
-    except ImportError as exc:
-        raise ImportError(
-            'bitsandbytes is not installed: pip install -e ".[bnb]" (or pip install bitsandbytes)'
-        ) from exc
-    return bitsandbytes
-
-
-def bnb_optimizer(params: Any, name: str = "AdamW8bit", **kwargs: Any) -> torch.optim.Optimizer:
-    """A bitsandbytes 8-bit optimizer `name` over `params` (kwargs: lr, weight_decay, ...)."""
-    require(
-        name in OPTIMIZERS,
-        f"model.optimizer.name={name!r} is not a bitsandbytes 8-bit optimizer: give one of "
-        f"{list(OPTIMIZERS)}",
-    )
-    return getattr(import_bnb().optim, name)(params, **kwargs)
-
-
-# -- weight quantization -------------------------------------------------------------------------
 def _load_4bit_state(module: nn.Module, state_dict: dict, prefix: str, *_: Any) -> None:
     """Rebuild a Linear4bit's packed weight and its quantization state from a state dict."""
-    bnb = import_bnb()
+    bnb = import_optional("bitsandbytes", "bnb")
     stats_prefix = prefix + "weight."
     stats = {
         k[len(stats_prefix) :]: v for k, v in state_dict.items() if k.startswith(stats_prefix)
@@ -73,7 +57,7 @@ def _load_4bit_state(module: nn.Module, state_dict: dict, prefix: str, *_: Any) 
 
 
 def _bnb_linear(linear: nn.Linear, mode: str) -> nn.Module:
-    bnb = import_bnb()
+    bnb = import_optional("bitsandbytes", "bnb")
     device, weight = linear.weight.device, linear.weight.data.detach().clone()
     has_bias = linear.bias is not None
     if mode == "int8":
@@ -98,7 +82,7 @@ def _bnb_linear(linear: nn.Linear, mode: str) -> nn.Module:
     return layer.to(device)  # moving to a device is what quantizes the weight
 
 
-def check_mode(mode: str, key: str = "compression.bnb_weights.mode") -> None:
+def check_mode(mode: str, key: str = f"{KEY}.mode") -> None:
     """Fail clearly on a weight-quantization mode bitsandbytes does not offer."""
     require(mode in MODES, f"{key}={mode!r} is not supported: give one of {list(MODES)}")
 
@@ -109,7 +93,7 @@ def quantize_linear_weights(
     """Swap `net`'s nn.Linear layers (all, or those in `names`, minus `skip`) for bitsandbytes
     int8/NF4/FP4 layers in place; return the swapped layers' names. Inference only."""
     check_mode(mode)
-    bnb = import_bnb()
+    bnb = import_optional("bitsandbytes", "bnb")
     done = (bnb.nn.Linear8bitLt, bnb.nn.Linear4bit)
     chosen = [
         name
@@ -131,59 +115,73 @@ def restore_bnb(module: SlimModule, entry: dict) -> None:
     quantize_linear_weights(module.net, entry["mode"], names=list(entry["modules"]))
 
 
-class BitsAndBytesWeights(L.Callback):
+class BitsAndBytesWeights(CompressionCallback):
     """Quantize the network's linear weights with bitsandbytes when testing starts.
 
     Args:
         mode: "int8" (LLM.int8() 8-bit weights), "nf4" or "fp4" (4-bit weights, float compute).
         skip: names of linear layers to keep in full precision (e.g. ["classifier"]).
-        report: measure size and accuracy before and after into `compression_report`.
+        report: test accuracy, params, MACs, size and latency before vs after into
+            `compression_report`: true, false, or {enabled, latency, repeats}.
     """
 
-    def __init__(self, mode: str = "nf4", skip: list[str] | None = None, report: bool = True):
+    key = KEY
+    stage = Stage.QUANTIZE
+
+    def __init__(
+        self,
+        mode: str = "nf4",
+        skip: list[str] | None = None,
+        report: bool | Mapping[str, Any] = True,
+    ) -> None:
         check_mode(mode)
         self.mode = mode
         self.skip = tuple(skip or ())
-        self.report = report
+        self.report = measure.report_settings(report, KEY)
 
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        module = self.check_setup(trainer, pl_module)
+        if not any(e.get("kind") == "bnb" for e in module.structure_log):
+            require(
+                any(
+                    isinstance(m, nn.Linear) and name not in self.skip
+                    for name, m in module.net.named_modules()
+                ),
+                f"model.net ({type(module.net).__name__}) has no nn.Linear layer for "
+                f"bitsandbytes to quantize ({KEY}.skip may list them all)",
+            )
+
+    @override
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from slimlab.compression.quantization import top1_accuracy
-        from slimlab.compression.report import add_section, compare, size_on_disk
-
-        require(
-            isinstance(pl_module, SlimModule),
-            f"compression.bnb_weights needs a SlimModule, got {type(pl_module).__name__}",
-        )
+        assert isinstance(pl_module, SlimModule)
         if any(e.get("kind") == "bnb" for e in pl_module.structure_log):
             return  # already quantized (loaded from a quantized checkpoint)
-        net = pl_module.net
-        counts = list(top1_accuracy(net, trainer.test_dataloaders, pl_module.device))
-        before = {"size_bytes": size_on_disk(net)}
+        net, example, device = pl_module.net, pl_module.example_input_array, pl_module.device
+        loaders = trainer.test_dataloaders
+        before: dict[str, Any] = {}
+        counts = [0, 0]
+        if self.report.enabled:
+            before = measure.measure_as(net, example, self.report)
+            counts = list(measure.loop_top1_counts(trainer, pl_module, net, loaders, device))
         names = quantize_linear_weights(net, self.mode, skip=self.skip)
-        require(
-            bool(names),
-            f"model.net ({type(net).__name__}) has no nn.Linear layer for bitsandbytes to "
-            "quantize (compression.bnb_weights.skip may list them all)",
-        )
         pl_module.record_structure({"kind": "bnb", "mode": self.mode, "modules": names})
         pl_module.net_changed()
         log.info(f"bitsandbytes: {len(names)} linear layers now hold {self.mode} weights")
-        if not self.report:
+        if not self.report.enabled:
             return
-        counts += top1_accuracy(net, trainer.test_dataloaders, pl_module.device)
-        after = {"size_bytes": size_on_disk(net)}
-        totals = trainer.strategy.reduce(
-            torch.tensor(counts, dtype=torch.float64, device=pl_module.device), reduce_op="sum"
-        ).tolist()
-        if totals[1] > 0:
+        counts += measure.loop_top1_counts(trainer, pl_module, net, loaders, device)
+        after = measure.measure_as(net, example, self.report)
+        totals = measure.sum_over_ranks(trainer, counts, device)
+        if totals[1] > 0 and totals[3] > 0:
             before["test_acc"] = totals[0] / totals[1]
             after["test_acc"] = totals[2] / totals[3]
         section = {
             "method": f"bitsandbytes {self.mode} linear weights",
             "layers": names,
-            **compare(before, after),
+            **measure.compare(before, after),
         }
-        if totals[1] > 0:
+        if "test_acc" in before:
             section["test_acc_change"] = after["test_acc"] - before["test_acc"]
-        add_section(pl_module, "bnb_weights", section)
+        measure.add_section(pl_module, "bnb_weights", section)
         log.info(f"bitsandbytes report: {section}")

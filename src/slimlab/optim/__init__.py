@@ -1,0 +1,5 @@
+"""Optimizers the `optimizer` config group can choose beside torch's own."""
+
+from slimlab.optim.bnb import bnb_optimizer
+
+__all__ = ["bnb_optimizer"]
