@@ -63,7 +63,7 @@ def test_linear_weights_quantize_on_gpu_and_evaluate_on_cpu(mode: str, tmp_path:
     assert plain["test"]["acc"] == pytest.approx(before, abs=0.01)
     # ... and quantized on CPU by the same callback, as docs/quantization.md shows
     callback = [
-        "+callbacks.bnb._target_=slimlab.compression.bnb.BitsAndBytesWeights",
+        "+callbacks.bnb._target_=slimlab.compression.bnb_weights.BitsAndBytesWeights",
         f"+callbacks.bnb.mode={mode}",
     ]
     quantized = evaluate_on_cpu(run.best, tmp_path / mode, callback)
