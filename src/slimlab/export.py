@@ -20,6 +20,7 @@ Timeline of `python export.py ckpt_path=<file>`:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -110,6 +111,11 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
         method in CALIBRATION_METHODS,
         f"calibration_method={method!r} is not supported: give one of {list(CALIBRATION_METHODS)}",
     )
+    reduce_range = cfg.get("reduce_range")
+    require(
+        isinstance(reduce_range, bool),
+        f"reduce_range={reduce_range!r} is not a boolean: give true or false",
+    )
     par = cfg.get("parity") or {}
     for key in ("fp32_agreement", "int8_agreement"):
         value = par.get(key)
@@ -139,6 +145,7 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
         "opset": opset,
         "calibration_batches": batches,
         "calibration_method": method,
+        "reduce_range": reduce_range,
         "thresholds": {FP32: float(par.fp32_agreement), INT8: float(par.int8_agreement)},
         "parity_batches": par.get("batches"),
         "latency": {
@@ -301,14 +308,19 @@ def _write_artifacts(
             for x, _ in model_batches(datamodule, "train", settings["calibration_batches"])
         ]
         quantize_onnx_int8(
-            temporary[FP32], temporary[INT8], calibration, settings["calibration_method"]
+            temporary[FP32],
+            temporary[INT8],
+            calibration,
+            settings["calibration_method"],
+            settings["reduce_range"],
         )
         manifest[INT8] = {
             "format": "onnx",
             "precision": "int8",
             "quantization": {
                 "method": "onnxruntime static quantization (QDQ)",
-                "weights": "int8, symmetric, per output channel",
+                "weights": "int8, symmetric, per output channel"
+                + (" (7-bit range: reduce_range)" if settings["reduce_range"] else ""),
                 "activations": "uint8, affine, per tensor",
                 "calibration": f"{len(calibration)} training-split batches, "
                 f"{settings['calibration_method']}",
@@ -369,10 +381,8 @@ def _versions() -> dict[str, str]:
 
     out = {"torch": torch.__version__}
     for package in ("onnx", "onnxruntime", "onnxscript"):
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             out[package] = md.version(package)
-        except md.PackageNotFoundError:
-            pass
     return out
 
 

@@ -33,8 +33,11 @@ def test_checkpoint_and_onnx_predictors_agree_on_raw_inputs(
     np.testing.assert_allclose(p_ckpt.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(p_fp32, p_ckpt, atol=1e-4)
     assert (p_int8.argmax(1) == p_ckpt.argmax(1)).mean() >= 0.99
-    # raw pixels (0..16) get the training-time answer: the model is good on them
-    assert (p_ckpt.argmax(1) == labels).mean() > 0.9
+    # raw pixels (0..16) get the training-time answer: on all 1797 raw images the model is as
+    # accurate as on its normalised test split
+    manifest = json.loads((digits_export / "export.json").read_text())
+    test_acc = manifest["artifacts"]["model.onnx"]["parity"]["accuracy_torch"]
+    assert (p_ckpt.argmax(1) == labels).mean() > test_acc - 0.05
     # one sample, or a batch of one, is the same answer as inside the batch
     np.testing.assert_allclose(fp32.predict(images[3:4])[0], p_fp32[3], atol=1e-5)
 
@@ -48,7 +51,14 @@ def test_predictors_describe_themselves(digits_ckpt: Path, digits_export: Path) 
     ):
         assert predictor.input_spec == [{"name": "input", "shape": [1, 8, 8], "dtype": "float32"}]
         assert predictor.num_classes == 10
-        assert set(predictor.info) == {"name", "checkpoint", "format", "params", "size_bytes", "version"}
+        assert set(predictor.info) == {
+            "name",
+            "checkpoint",
+            "format",
+            "params",
+            "size_bytes",
+            "version",
+        }
         assert predictor.info["format"] == fmt and predictor.info["name"] == "digits_tiny"
         assert predictor.info["params"] == manifest["params"]
         assert predictor.info["checkpoint"] == str(digits_ckpt)

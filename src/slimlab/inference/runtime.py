@@ -7,6 +7,7 @@ are optional (the `export` extra) and imported only here, when a runner needs th
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -36,10 +37,8 @@ def import_extra(name: str) -> ModuleType:
 
 def torch_runner(net: nn.Module, device: str | torch.device = "cpu") -> Runner:
     """Runner of a torch network (module or `torch.export` program's module) in eval mode."""
-    try:
+    with contextlib.suppress(NotImplementedError):  # a torch.export program: already eval
         net.eval()
-    except NotImplementedError:  # a torch.export program's module: exported in eval mode
-        pass
 
     @torch.no_grad()
     def run(inputs: Mapping[str, np.ndarray]) -> np.ndarray:
