@@ -10,6 +10,7 @@ Parts (results in logs/bench/quant_stack.json; the decision is in docs/quantizat
   weights with each stack (same seeds, data order and optimizer), over --seeds seeds: test
   accuracy of the fp32 net, of FX's int8 model, of PT2E's converted model in torch and of its
   ONNX export under onnxruntime;
+- ``step``: the time of one QAT training step (batch 64) on each stack, and of export+prepare;
 - ``onnx``: `convert_pt2e` output -> `torch.onnx.export(dynamo=True)`: QDQ node counts, the
   kernels onnxruntime runs (QLinearConv?), and one layer's learned weight scale in torch vs
   the ONNX initializer; FX's converted model through the same exporter;
@@ -262,6 +263,35 @@ def _count(items) -> dict[str, int]:
     return out
 
 
+def part_step(rounds: int) -> dict[str, Any]:
+    """Training step time (batch 64, digits SmallCNN): fp32 vs FX QAT vs PT2E QAT, interleaved."""
+    from slimlab.models.nets import SmallCNN
+
+    torch.manual_seed(0)
+    net, example = SmallCNN(1, 10, (32, 64, 128)), torch.randn(2, 1, 8, 8)
+    x, y = torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,))
+    start = time.perf_counter()
+    pt = pt2e_prepare(copy.deepcopy(net), example)
+    prepare_s = time.perf_counter() - start
+    models = {"fp32": copy.deepcopy(net).train(), "fx": fx_prepare(copy.deepcopy(net), example)}
+    models["pt2e"] = pt
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            optimizer = torch.optim.Adam(model.parameters(), 1e-4)
+            start = time.perf_counter()
+            for _ in range(10):
+                loss = nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            times[name].append((time.perf_counter() - start) / 10 * 1000)
+    result = {f"{n}_step_ms": statistics.median(t) for n, t in times.items()}
+    result["pt2e_export_and_prepare_s"] = prepare_s
+    print("step", result, flush=True)
+    return result
+
+
 # -- latency ----------------------------------------------------------------------------------
 def part_latency(rounds: int, repeats: int, work: Path) -> dict[str, Any]:
     from slimlab.models.nets import CifarResNet, SmallCNN
@@ -496,7 +526,7 @@ def part_hf() -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parts = ["qat", "onnx", "latency", "checkpoint", "ddp", "hf"]
+    parts = ["qat", "step", "onnx", "latency", "checkpoint", "ddp", "hf"]
     parser.add_argument("--parts", nargs="+", default=parts, choices=parts)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
@@ -518,6 +548,8 @@ def main() -> None:
             try:
                 if part == "qat":
                     results[part] = part_qat(args.seeds, work)
+                elif part == "step":
+                    results[part] = part_step(args.rounds)
                 elif part == "onnx":
                     results[part] = part_onnx(work)
                 elif part == "latency":
