@@ -5,7 +5,8 @@ the QAT callback can swap them in without changing its interface. Timeline of th
 
 - `prepare_qat(net, example_input)`: `torch.export` of the network in training mode (dynamic
   batch axis), then `prepare_qat_pt2e` with `X86InductorQuantizer`'s QAT config (conv-bn
-  folded with simulated fusion, per-channel symmetric int8 weights, uint8 activations). The
+  folded with simulated fusion, per-channel symmetric 7-bit-range int8 weights, uint8
+  activations). The
   result is a `GraphModule` whose `train()`/`eval()` switch its batch-norm and dropout ops, so
   Lightning's mode switching works; its state dict holds plain tensors with the network's own
   names (`features.0.0.weight`, ...) plus `activation_post_process_<i>.*`, stable when a
@@ -24,6 +25,7 @@ torchao is optional (the `export` extra); it is imported inside each function.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any
 
 import torch
@@ -43,8 +45,12 @@ def _torchao_pt2e() -> Any:
     return pt2e
 
 
-def make_quantizer(is_qat: bool = True) -> Any:
-    """X86InductorQuantizer with its default (QAT) config for every supported op."""
+def make_quantizer(is_qat: bool = True, reduce_range: bool = True) -> Any:
+    """X86InductorQuantizer with its default (QAT) config for every supported op.
+
+    `reduce_range` keeps weights to 7 bits ([-64, 63]): onnxruntime's uint8 x int8 kernels on
+    x86 CPUs without VNNI saturate int16 sums with full 8-bit weights (docs/quantization.md).
+    """
     _torchao_pt2e()
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer,
@@ -52,6 +58,9 @@ def make_quantizer(is_qat: bool = True) -> Any:
     )
 
     config = get_default_x86_inductor_quantization_config(is_qat=is_qat)
+    if reduce_range:
+        weight = dataclasses.replace(config.weight, quant_min=-64, quant_max=63)
+        config = dataclasses.replace(config, weight=weight)
     return X86InductorQuantizer().set_global(config)
 
 
