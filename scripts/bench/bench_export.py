@@ -133,7 +133,8 @@ def bench_model(
     torch.set_num_threads(1)
     net = net.eval()
     example = train[0][:64]
-    fp32, int8 = work / f"{name}.onnx", work / f"{name}.int8.onnx"
+    stem = re.sub(r"\W+", "_", name)
+    fp32, int8 = work / f"{stem}.onnx", work / f"{stem}.int8.onnx"
     start = time.perf_counter()
     export_onnx(net, example[:1], fp32, opset=20)
     calibration = [train[0][i : i + 64] for i in range(0, 8 * 64, 64)]
@@ -237,6 +238,11 @@ def bench_digits_entry(work: Path, rounds: int, repeats: int) -> dict[str, Any]:
     return results
 
 
+def save(path: Path, results: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2, default=str))
+
+
 def table_markdown(results: dict[str, Any]) -> str:
     lines = [
         "| model | variant | b1 ms | b64 ms | vs torch fp32 b64 | test acc | top-1 agreement |",
@@ -280,6 +286,17 @@ def table_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def publish(results: dict[str, Any], update_docs: bool) -> None:
+    """Print the markdown table; with `update_docs`, put it between docs/export.md's marks."""
+    table = table_markdown(results)
+    print(table)
+    if update_docs:
+        text = DOC.read_text()
+        begin, end = text.index(MARK[0]) + len(MARK[0]), text.index(MARK[1])
+        DOC.write_text(text[:begin] + "\n" + table + "\n" + text[end:])
+        print(f"updated {DOC}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -287,13 +304,18 @@ def main() -> None:
     parser.add_argument("--epochs32", type=int, default=6, help="training epochs, 32x32 nets")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--update-docs", action="store_true")
+    parser.add_argument("--table-only", action="store_true", help="render --out, do not measure")
     args = parser.parse_args()
+    if args.table_only:
+        publish(json.loads(args.out.read_text()), args.update_docs)
+        return
     from slimlab.models.nets import CifarResNet, SmallCNN
 
     results: dict[str, Any] = {"torch": torch.__version__}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         results["entry"] = bench_digits_entry(work, args.rounds, args.repeats)
+        save(args.out, results)
         train, test = digits32()
         results["32x32"] = {}
         for name, build in (
@@ -305,16 +327,9 @@ def main() -> None:
             results["32x32"][name] = bench_model(
                 name, net, train, test, work, args.rounds, args.repeats
             )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=str))
-    table = table_markdown(results)
-    print(table)
+            save(args.out, results)
     print(f"wrote {args.out}")
-    if args.update_docs:
-        text = DOC.read_text()
-        begin, end = text.index(MARK[0]) + len(MARK[0]), text.index(MARK[1])
-        DOC.write_text(text[:begin] + "\n" + table + "\n" + text[end:])
-        print(f"updated {DOC}")
+    publish(results, args.update_docs)
 
 
 if __name__ == "__main__":
