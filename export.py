@@ -1,4 +1,4 @@
-"""Export a checkpoint: `python export.py ckpt_path=<file.ckpt>` (see README.md, docs/export.md)."""
+"""Export a checkpoint: `python export.py ckpt_path=<file.ckpt>` (README.md, docs/export.md)."""
 
 import hydra
 from omegaconf import DictConfig
