@@ -104,3 +104,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if reason:
         for item in gpu_items:
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# -- export / inference: one trained digits checkpoint and its export, shared by their tests -----
+DIGITS_TINY = [
+    "model.net.widths=[16,32]",
+    "model.optimizer.lr=0.01",  # ~95% test accuracy in 4 epochs
+    "trainer.max_epochs=4",
+    "callbacks.rich_progress_bar=null",
+    "callbacks.model_summary=null",
+    "logger=none",
+]
+
+
+@pytest.fixture(scope="session")
+def digits_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The best checkpoint of a short dense digits CNN run (4 epochs, widths 16/32)."""
+    from slimlab.train import train
+
+    tmp = tmp_path_factory.mktemp("digits_ckpt")
+    _, objects = train(compose_config(tmp, [*DIGITS_TINY, "test=false", "name=digits_tiny"]))
+    GlobalHydra.instance().clear()
+    return Path(objects["trainer"].checkpoint_callback.best_model_path)
+
+
+@pytest.fixture(scope="session")
+def digits_export(digits_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """export.py's folder for `digits_ckpt`: model.onnx, model.int8.onnx, model.pt2 and
+    export.json."""
+    from slimlab.export import export
+
+    out = tmp_path_factory.mktemp("digits_export") / "export"
+    cfg = compose_config(
+        out.parent,
+        [f"ckpt_path={digits_ckpt}", f"output_dir={out}", "quantize=int8", "latency.rounds=2"],
+        config_name="export",
+    )
+    export(cfg)
+    GlobalHydra.instance().clear()
+    return out

@@ -37,6 +37,10 @@ KNOWN = {
         "slimlab.eval",
         "slimlab.train",
     ): "issue 10: entry moves apply_extras/finish_loggers to utils",
+    (
+        "slimlab.export",
+        "slimlab.train",
+    ): "issue 10: export adopts the task wrapper in utils",
 }
 
 

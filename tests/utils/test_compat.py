@@ -122,3 +122,22 @@ def test_loop_batch_applies_the_datamodules_transfer_hooks(tmp_path) -> None:
     (raw_x, raw_y), (x, y) = seen["raw"], seen["loop"]
     torch.testing.assert_close(x, (raw_x - 1.0) / 0.5)  # the datamodule's normalization
     assert torch.equal(y, raw_y)
+
+
+def test_exported_batchnorm_switches_alone() -> None:
+    import pytest
+    import torch
+    from torch import nn
+
+    pytest.importorskip("torchao")
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Dropout(0.5)).train()
+    model = torch.export.export(net, (torch.randn(2, 1, 5, 5),)).module()
+    x = torch.randn(2, 1, 5, 5)
+    compat.set_exported_batchnorm_training(model, training=False)
+    running = model.state_dict()["1.running_mean"].clone()
+    torch.manual_seed(0)
+    first = model(x)
+    torch.manual_seed(1)
+    second = model(x)
+    assert torch.equal(model.state_dict()["1.running_mean"], running)  # statistics frozen
+    assert not torch.equal(first, second)  # dropout still in training mode

@@ -119,6 +119,28 @@ class ClassificationDataModule(L.LightningDataModule):
             x = self.augment(x)
         return x, y
 
+    def preprocessing(self) -> dict[str, Any]:
+        """How a raw input becomes the network's input, as plain data for an export.
+
+        ``model_input = (raw * scale - mean[c]) / std[c]`` per channel c; ``dtype`` is the
+        raw input's dtype (uint8 images arrive as 0..255). Call after `setup` where the
+        statistics come from the data (digits).
+        """
+        raw_dtype = "float32"
+        if isinstance(self.normalize, Normalize):
+            mean, std = (
+                self.normalize.mean.flatten().tolist(),
+                self.normalize.std.flatten().tolist(),
+            )
+        elif self.normalize is None:
+            mean, std = [0.0], [1.0]
+        else:
+            raise NotImplementedError(
+                f"{type(self.normalize).__name__} is not a slimlab.data.augment.Normalize: "
+                "override preprocessing() to describe it"
+            )
+        return {"dtype": raw_dtype, "scale": 1.0, "mean": mean, "std": std}
+
 
 class DownloadedDataModule(ClassificationDataModule):
     """Base of the datasets kept as uint8 files in `data_dir` (fetched when `download` is on).
@@ -132,3 +154,7 @@ class DownloadedDataModule(ClassificationDataModule):
         super().__init__(**kwargs)
         self.data_dir = Path(data_dir).expanduser()
         self.download = download
+
+    def preprocessing(self) -> dict[str, Any]:
+        """Raw uint8 pixels (0..255): scaled to [0, 1], then normalised per channel."""
+        return {**super().preprocessing(), "dtype": "uint8", "scale": 1.0 / 255.0}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
@@ -14,7 +16,7 @@ from slimlab.utils.errors import require
 class DigitsDataModule(ClassificationDataModule):
     """1797 grey 8x8 digits (10 classes), split stratified into train/val/test with `seed`.
 
-    Pixels (0..16) are standardised with the training split's mean and std.
+    Pixels (0..16) are standardised with the training split's mean and std (`preprocessing`).
     """
 
     num_classes = 10
@@ -28,6 +30,8 @@ class DigitsDataModule(ClassificationDataModule):
             f"that leaves training data beside data.val_fraction={val_fraction}",
         )
         self.test_fraction = float(test_fraction)
+        self.pixel_mean: float | None = None  # of the training split, set by build_datasets
+        self.pixel_std: float | None = None
 
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         digits = load_digits()
@@ -42,5 +46,17 @@ class DigitsDataModule(ClassificationDataModule):
             rest, test_size=val_share, stratify=y[rest].numpy(), random_state=self.seed
         )
         mean, std = x[train].mean(), x[train].std()
+        self.pixel_mean, self.pixel_std = float(mean), float(std)
         x = (x - mean) / std
         return tuple(TensorDataset(x[i], y[i]) for i in (train, val, test))  # type: ignore[return-value]
+
+    def preprocessing(self) -> dict[str, Any]:
+        """Raw pixels (0..16) standardised with the training split's mean and std."""
+        if self.pixel_mean is None:
+            self.setup()
+        return {
+            "dtype": "float32",
+            "scale": 1.0,
+            "mean": [self.pixel_mean],
+            "std": [self.pixel_std],
+        }

@@ -34,3 +34,22 @@ def resolve_checkpoint(
             f"written by train.py (e.g. logs/.../checkpoints/last.ckpt) or ckpt_path=latest"
         )
     return str(path.resolve())
+
+
+def find_best_checkpoint(log_dir: str | Path, task_name: str, name: str) -> Path:
+    """The `best_checkpoint` (from metrics.json) of experiment `name`'s newest finished run."""
+    import json
+
+    root = Path(log_dir) / task_name / name
+    runs = sorted(root.glob("**/metrics.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for metrics in runs:
+        try:
+            best = json.loads(metrics.read_text()).get("best_checkpoint")
+        except ValueError:
+            continue
+        if best and Path(best).is_file():
+            return Path(best)
+    raise ConfigError(
+        f"ckpt_path=best found no finished run with a best checkpoint under {root}: run "
+        f"`python train.py` for experiment name={name!r} first, or give ckpt_path=<a .ckpt file>"
+    )

@@ -118,3 +118,20 @@ def loop_batch(pl_module: Any, batch: Any, device: Any) -> Any:
     _require_attributes(pl_module, names, "LightningModule")
     batch = pl_module._call_batch_hook("on_before_batch_transfer", batch, 0)
     return pl_module._apply_batch_transfer_handler(batch, device, 0)
+
+
+def set_exported_batchnorm_training(model: object, training: bool) -> None:
+    """Switch only the batch-norm ops of a torch.export'ed GraphModule to training or eval.
+
+    torchao's public `move_exported_model_to_train/eval` switch batch norm and dropout
+    together; QAT freezes batch-norm statistics alone, through the private
+    `torchao.quantization.pt2e.export_utils._replace_batchnorm`.
+    """
+    from torchao.quantization.pt2e import export_utils
+
+    if not hasattr(export_utils, "_replace_batchnorm"):
+        raise RuntimeError(
+            "torchao.quantization.pt2e.export_utils._replace_batchnorm is gone in this torchao "
+            "version: update slimlab.utils.compat"
+        )
+    export_utils._replace_batchnorm(model, train_to_eval=not training)

@@ -1,0 +1,211 @@
+"""Write a network to an inference format: ONNX fp32, ONNX int8 (QDQ), a torch.export program.
+
+- `export_onnx`: `torch.onnx.export(dynamo=True)` (torch.export, then onnxscript's translation)
+  with a dynamic batch axis at a chosen opset;
+- `quantize_onnx_int8`: onnxruntime static quantization of that file to QDQ form (int8
+  per-channel symmetric weights, uint8 per-tensor activations), calibrated on batches the
+  caller gives (the training split);
+- `export_pt2`: a `torch.export` program saved with `torch.export.save`;
+- `onnx_signature`: opset, input and output names/shapes/dtypes of an ONNX file.
+
+Each raises `ExportFailed` with the exporter's first line when the network cannot be exported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import logging
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slimlab.inference.runtime import TENSOR_INPUT, import_extra
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+
+
+class ExportFailed(RuntimeError):
+    """The exporter could not handle the network (an unsupported op, untraceable Python)."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporters' progress prints and warnings (torchvision ops, optimiser notes)."""
+    loggers = [
+        logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export")
+    ]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def batch_example(example: Any) -> tuple[tuple, dict]:
+    """(args, kwargs) for the exporters from a batch-1 example, repeated to batch 2.
+
+    Batch 2, because torch.export specialises a dimension of size 1 and the batch axis must stay
+    dynamic.
+    """
+    if isinstance(example, Mapping):
+        return (), {k: v[:1].repeat(2, *[1] * (v.ndim - 1)) for k, v in example.items()}
+    return (example[:1].repeat(2, *[1] * (example.ndim - 1)),), {}
+
+
+def _dynamic_batch(args: tuple, kwargs: dict) -> Any:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    if kwargs:
+        return {k: {0: batch} for k in kwargs}
+    return ({0: batch},)
+
+
+def torch_export(net: nn.Module, example: Any) -> torch.export.ExportedProgram:
+    """`torch.export.export` of `net` in eval mode with a dynamic batch axis."""
+    args, kwargs = batch_example(example)
+    net = copy.deepcopy(net).cpu().eval()
+    try:
+        with _quiet():
+            return torch.export.export(
+                net, args, kwargs=kwargs, dynamic_shapes=_dynamic_batch(args, kwargs)
+            )
+    except Exception as exc:  # torch.export raises many types for what it cannot capture
+        raise ExportFailed(
+            f"torch.export cannot capture model.net ({type(net).__name__}): {_first_line(exc)}"
+        ) from exc
+
+
+def export_pt2(net: nn.Module, example: Any, path: Path) -> torch.export.ExportedProgram:
+    """Save `net` as a torch.export program (.pt2) with a dynamic batch axis."""
+    program = torch_export(net, example)
+    torch.export.save(program, str(path))
+    return program
+
+
+def export_onnx(net: nn.Module, example: Any, path: Path, opset: int) -> None:
+    """Write `net` to `path` as fp32 ONNX (dynamo exporter), dynamic batch axis, opset `opset`."""
+    import_extra("onnx")
+    import_extra("onnxscript")
+    args, kwargs = batch_example(example)
+    input_names = list(kwargs) if kwargs else [TENSOR_INPUT]
+    net = copy.deepcopy(net).cpu().eval()
+    try:
+        with _quiet():
+            program = torch.onnx.export(
+                net,
+                args,
+                kwargs=kwargs or None,
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=_dynamic_batch(args, kwargs),
+                input_names=input_names,
+                output_names=["logits"],
+                verbose=False,
+            )
+    except Exception as exc:  # the exporter raises many types for ops it cannot translate
+        raise ExportFailed(
+            f"torch.onnx.export(dynamo=True) cannot export model.net ({type(net).__name__}) at "
+            f"opset {opset}: {_first_line(exc)}"
+        ) from exc
+    if program is None:
+        raise ExportFailed(f"torch.onnx.export returned no program for model.net at opset {opset}")
+    program.save(str(path))
+
+
+def quantize_onnx_int8(
+    fp32_path: Path,
+    int8_path: Path,
+    calibration: Iterable[Mapping[str, np.ndarray]],
+    method: str = "minmax",
+    reduce_range: bool = True,
+) -> None:
+    """onnxruntime static int8 quantization of `fp32_path` into QDQ form at `int8_path`.
+
+    Weights int8, symmetric, per output channel; activations uint8, affine, per tensor, with
+    ranges from the `calibration` feeds (dicts of input name -> preprocessed batch).
+    `reduce_range` keeps weights to 7 bits: onnxruntime's uint8 x int8 kernels on x86 CPUs
+    without VNNI (AVX2) add pairs of products in int16 and saturate with full 8-bit weights.
+    """
+    quantization = import_extra("onnxruntime.quantization")
+    methods = {
+        "minmax": quantization.CalibrationMethod.MinMax,
+        "entropy": quantization.CalibrationMethod.Entropy,
+        "percentile": quantization.CalibrationMethod.Percentile,
+    }
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self) -> None:
+            self.feeds = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.feeds, None)
+
+    pre = int8_path.with_name(f".pre.{int8_path.name}")
+    try:
+        with _quiet():
+            # shape inference and graph clean-up first, as onnxruntime's docs advise
+            quantization.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+            quantization.quantize_static(
+                str(pre),
+                str(int8_path),
+                Reader(),
+                quant_format=quantization.QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=quantization.QuantType.QUInt8,
+                weight_type=quantization.QuantType.QInt8,
+                calibrate_method=methods[method],
+                reduce_range=reduce_range,
+            )
+    except Exception as exc:
+        raise ExportFailed(
+            f"onnxruntime static quantization of {fp32_path.name} failed: {_first_line(exc)}"
+        ) from exc
+    finally:
+        pre.unlink(missing_ok=True)
+        for leftover in int8_path.parent.glob("augmented_model*.onnx"):
+            leftover.unlink(missing_ok=True)
+
+
+def onnx_signature(path: Path) -> dict[str, Any]:
+    """opset, inputs and outputs (name, shape with "batch" for the dynamic axis, dtype)."""
+    onnx = import_extra("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(values: Any) -> list[dict[str, Any]]:
+        out = []
+        for value in values:
+            tensor = value.type.tensor_type
+            shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+            out.append({"name": value.name, "shape": shape, "dtype": dtype})
+        return out
+
+    ops: dict[str, int] = {}
+    for node in model.graph.node:
+        ops[node.op_type] = ops.get(node.op_type, 0) + 1
+    return {
+        "opset": next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+        "inputs": describe(model.graph.input),
+        "outputs": describe(model.graph.output),
+        "quantize_linear_nodes": ops.get("QuantizeLinear", 0),
+        "dequantize_linear_nodes": ops.get("DequantizeLinear", 0),
+    }
