@@ -47,6 +47,8 @@ def explain(exc: BaseException, node: Any, key: str) -> str:
     target = node.get("_target_") if hasattr(node, "get") else None
     args = [str(k) for k in (node.keys() if hasattr(node, "keys") else []) if str(k)[0] != "_"]
     named = [a for a in args if re.search(rf"(?<![\w.]){re.escape(a)}(?!\w)", text, re.I)]
+    if not named and isinstance(exc, ZeroDivisionError):  # the integer arguments that are 0
+        named = [a for a in args if type(_value(node, a)) is int and _value(node, a) == 0]
     if named:
         where = ", ".join(f"{key}.{a}={_value(node, a)}" for a in named)
     else:
@@ -173,7 +175,9 @@ def check_optimizer_config(model_cfg: DictConfig, key: str = "model") -> None:
 
     torch checks its own arguments (a negative learning rate, betas outside [0, 1), a
     plateau factor >= 1) when an optimizer or scheduler is built, which a module does only
-    inside `fit`. Building them here reports those values before anything else runs.
+    inside `fit`, and a scheduler's arithmetic (a step size or T_max of 0) fails at its
+    first step, after an epoch. Building and stepping them once here reports those values
+    before anything else runs.
     """
     opt_cfg = model_cfg.get("optimizer")
     if not isinstance(opt_cfg, DictConfig) or not opt_cfg.get("_partial_"):
@@ -186,9 +190,15 @@ def check_optimizer_config(model_cfg: DictConfig, key: str = "model") -> None:
     sched_cfg = model_cfg.get("scheduler")
     if not isinstance(sched_cfg, DictConfig) or not sched_cfg.get("_partial_"):
         return
-    if _is_torch_class(sched_cfg.get("_target_"), torch.optim.lr_scheduler.LRScheduler):
-        factory = build(sched_cfg, f"{key}.scheduler")
-        _call_partial(factory, sched_cfg, f"{key}.scheduler", optimizer=optimizer)
+    if not _is_torch_class(sched_cfg.get("_target_"), torch.optim.lr_scheduler.LRScheduler):
+        return
+    factory = build(sched_cfg, f"{key}.scheduler")
+    scheduler = _call_partial(factory, sched_cfg, f"{key}.scheduler", optimizer=optimizer)
+    optimizer.step()
+    plateau = isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+    _call_partial(
+        scheduler.step, sched_cfg, f"{key}.scheduler", **({"metrics": 0.0} if plateau else {})
+    )
 
 
 def _call_partial(factory: Any, node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -197,5 +207,5 @@ def _call_partial(factory: Any, node: DictConfig, key: str, **kwargs: Any) -> An
     except TypeError as exc:
         message = _binding_error(node, key, kwargs)
         raise ConfigError(message or f"{key}: {exc}") from exc
-    except ValueError as exc:
+    except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(explain(exc, node, key)) from exc
