@@ -182,7 +182,8 @@ def load_module(ckpt_path: str, model_class: str | None = None) -> SlimModule:
     if not (isinstance(cls, type) and issubclass(cls, SlimModule)):
         raise ConfigError(f"model_class={target} is not a slimlab.models.SlimModule subclass")
     model_cfg = run.get("model") or {}
-    if model_class is None and model_cfg.get("_recursive_", True):
+    built_args = any(isinstance(v, dict) and "_target_" in v for v in model_cfg.values())
+    if model_class is None and built_args and model_cfg.get("_recursive_", True):
         # Hydra built its arguments (net, optimizer partials: lightning-hydra-template's
         # style); the checkpoint holds their configs, so rebuild the module the same way
         from hydra.utils import instantiate

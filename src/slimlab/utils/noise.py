@@ -2,8 +2,8 @@
 
 Each filter names one message (and the module or logger it comes from), never a whole
 category: a new warning, or the same words from elsewhere, still shows. What stays on
-purpose: torch's notice that quantized tensors are deprecated (it concerns the int8
-stack itself, see docs/quantization.md).
+purpose: torch's notices that quantized tensors are deprecated and (when it loads them)
+that TypedStorage is; they concern the int8 stack itself (docs/quantization.md).
 """
 
 from __future__ import annotations
