@@ -192,3 +192,12 @@ def test_config_error_is_found_in_the_cause_chain_and_crashes_are_not_bad_input(
     except RuntimeError as outer:
         assert describe_error(outer) == "data.batch_size=0 is out of range"
     assert describe_error(ZeroDivisionError("a bug")) is None
+
+
+def test_a_value_that_does_not_resolve_is_bad_input(compose_cfg) -> None:
+    cfg = compose_cfg(["trainer.max_epochs=${nope}"])
+    with pytest.raises(Exception) as info:
+        train(cfg)
+    assert (
+        describe_error(info.value) == "model.scheduler.T_max: Interpolation key 'nope' not found"
+    )

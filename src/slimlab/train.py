@@ -162,7 +162,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     start = time.perf_counter()
     metrics: dict[str, Any] = {}
-    if cfg.get("train") and finished is None:
+    trains = bool(cfg.get("train")) and finished is None
+    if trains:
         log.info("Starting training")
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
         if end_if_pruned(callbacks, trainer):  # a sweep's pruner stopped it; rank 0 raised
@@ -175,10 +176,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
 
     # read before testing: trainer.test restores the callbacks' state from the tested file
     best_path = None
-    if finished is None and trainer.checkpoint_callback is not None:
+    if trains and trainer.checkpoint_callback is not None:
         best_path = _this_run(trainer.checkpoint_callback.best_model_path, cfg.paths.output_dir)
     last_path = last_checkpoint(trainer, cfg.paths.output_dir)
-    tested = best_path or ckpt_path
+    tested = best_path if trains else ckpt_path  # None: the weights in memory
     if cfg.get("test"):
         log.info("Starting testing")
         if not tested:

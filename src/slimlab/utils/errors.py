@@ -108,12 +108,23 @@ def hydra_composition_message(exc: BaseException) -> str | None:
     return None
 
 
+def interpolation_message(exc: BaseException) -> str | None:
+    """One message for a config value that does not resolve (`${...}` to a missing key)."""
+    from omegaconf.errors import InterpolationResolutionError, MissingMandatoryValue
+
+    if not isinstance(exc, InterpolationResolutionError | MissingMandatoryValue):
+        return None
+    text = str(exc).splitlines()[0].strip()
+    full_key = getattr(exc, "full_key", None)
+    return f"{full_key}: {text}" if full_key else text
+
+
 def describe_error(exc: BaseException) -> str | None:
     """The one-line (or few-line) message for a bad-input error, or None for a real crash."""
     error = find_config_error(exc)
     if error is not None:
         return str(error)
-    return hydra_composition_message(exc)
+    return hydra_composition_message(exc) or interpolation_message(exc)
 
 
 def is_rank_zero() -> bool:

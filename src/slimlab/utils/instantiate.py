@@ -51,9 +51,14 @@ def explain(exc: BaseException, node: Any, key: str) -> str:
         named = [a for a in args if type(_value(node, a)) is int and _value(node, a) == 0]
     if named:
         where = ", ".join(f"{key}.{a}={_value(node, a)}" for a in named)
-    else:
-        where = f"{key} ({target})" if target else key
+    else:  # show the scalar arguments: the culprit is among them
+        scalars = [f"{a}={_value(node, a)!r}" for a in args if _is_scalar(_value(node, a))]
+        where = f"{key} ({', '.join([str(target or ''), *scalars]).strip(', ')})"
     return f"{where}: {text}"
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)
 
 
 def _value(node: Any, arg: str) -> Any:
@@ -205,7 +210,6 @@ def _call_partial(factory: Any, node: DictConfig, key: str, **kwargs: Any) -> An
     try:
         return factory(**kwargs)
     except TypeError as exc:
-        message = _binding_error(node, key, kwargs)
-        raise ConfigError(message or f"{key}: {exc}") from exc
+        raise ConfigError(_binding_error(node, key, kwargs) or explain(exc, node, key)) from exc
     except (ValueError, ZeroDivisionError) as exc:
         raise ConfigError(explain(exc, node, key)) from exc
