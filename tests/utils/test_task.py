@@ -30,7 +30,11 @@ def _hydra_files(folder: Path) -> None:
 
 def test_bad_input_removes_the_fresh_run_folder_and_finishes_wandb(tmp_path, monkeypatch) -> None:
     finished = []
-    fake_wandb = types.SimpleNamespace(run=object(), finish=lambda: finished.append(True))
+    fake_wandb = types.SimpleNamespace(
+        run=object(),
+        finish=lambda: finished.append("finish"),
+        teardown=lambda: finished.append("teardown"),  # waits until the run is on disk
+    )
     monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
     cfg = _cfg(tmp_path)
     _hydra_files(Path(cfg.paths.output_dir))
@@ -41,7 +45,7 @@ def test_bad_input_removes_the_fresh_run_folder_and_finishes_wandb(tmp_path, mon
 
     with pytest.raises(ConfigError):
         task(cfg)
-    assert finished == [True]
+    assert finished == ["finish", "teardown"]
     assert not (tmp_path / "logs" / "train").exists()  # the run folder and its empty parents
     assert (tmp_path / "logs").is_dir()
 

@@ -102,10 +102,15 @@ def apply_extras(cfg: DictConfig) -> None:
 
 
 def finish_loggers() -> None:
-    """End the W&B run of this job (a multirun starts the next job's own run)."""
+    """End the W&B run of this job (a multirun starts the next job's own run).
+
+    `wandb.teardown()` waits until W&B's service has written the run to disk: after
+    `finish()` alone, the first run of a process was sometimes still unwritten.
+    """
     wandb = sys.modules.get("wandb")
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+        wandb.teardown()
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
