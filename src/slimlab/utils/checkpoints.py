@@ -87,7 +87,7 @@ def resolve_checkpoint(
     if ckpt_path is None:
         return None
     if str(ckpt_path) == "latest":
-        return str(find_latest_checkpoint(log_dir, task_name, name))
+        return str(find_latest_checkpoint(log_dir, task_name, name).resolve())
     if str(ckpt_path) == "best":
         return str(find_best_checkpoint(log_dir, task_name, name).resolve())
     path = Path(ckpt_path).expanduser()
