@@ -42,6 +42,15 @@ def test_gpu_trainer_on_a_machine_without_gpu_says_so(compose_cfg) -> None:
             check_accelerator(compose_cfg(overrides).trainer)
 
 
+def test_more_gpus_than_the_machine_has_says_so(compose_cfg, monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    cfg = compose_cfg(["trainer=ddp", "trainer.devices=4"])
+    with pytest.raises(ConfigError, match=r"^trainer.devices=4 asks for 4 GPUs and this machine"):
+        check_accelerator(cfg.trainer)
+    check_accelerator(compose_cfg(["trainer=ddp", "trainer.devices=1"]).trainer)
+
+
 def test_torch_optimizer_and_scheduler_values_are_checked_up_front(compose_cfg) -> None:
     cfg = compose_cfg(["model.optimizer.weight_decay=-1"])
     with pytest.raises(ConfigError, match=r"^model.optimizer.weight_decay=-1: Invalid weight"):

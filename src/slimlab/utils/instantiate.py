@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 
-from slimlab.utils.errors import ConfigError, find_config_error, target_parameters
+from slimlab.utils.errors import ConfigError, find_config_error, require, target_parameters
 from slimlab.utils.errors import unknown_key_message as _unknown_key_message
 from slimlab.utils.logging import get_logger
 
@@ -152,6 +152,18 @@ def check_accelerator(trainer_cfg: DictConfig) -> None:
             f"trainer.accelerator={accelerator} needs a CUDA GPU and this machine has none "
             "(torch.cuda.is_available() is False): use trainer=cpu, or trainer=ddp_sim for "
             "DDP on CPU processes"
+        )
+    devices = trainer_cfg.get("devices")
+    if (
+        accelerator in ("gpu", "cuda")
+        and isinstance(devices, int)
+        and not isinstance(devices, bool)
+    ):
+        available = torch.cuda.device_count()
+        require(
+            devices <= available,
+            f"trainer.devices={devices} asks for {devices} GPUs and this machine has "
+            f"{available}: give trainer.devices={available} (or -1 for all)",
         )
     if accelerator == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(
