@@ -16,8 +16,8 @@
 3. bitsandbytes post-training weight quantization of the digits MLP (experiment=digits_mlp):
    int8 / NF4 / FP4 linear weights vs fp32, test accuracy and weights on disk.
 
-Results go to --out as JSON and are printed as markdown tables (copy them into
-docs/quantization.md).
+Results go to --out as JSON (logs/bench/quantization.json, git-ignored) and are printed as
+markdown tables (copy them into docs/quantization.md).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from slimlab.compression.measure import measure_latency, size_on_disk
 from slimlab.compression.qat_stack import convert_int8, prepare_qat, set_qat_state
 from slimlab.models.nets import CifarResNet, SmallCNN
 from slimlab.utils.compose import QUIET, compose_config
+from slimlab.utils.run_files import bench_results_path
 
 EVAL_QUIET = [o for o in QUIET if not o.startswith("callbacks.")]  # eval.yaml has no callbacks
 
@@ -227,7 +228,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     parser.add_argument("--repeats", type=int, default=10, help="timed passes per round")
     parser.add_argument("--torchao-path", default=None, help="folder holding a torchao install")
-    parser.add_argument("--out", default="bench_quantization.json", help="JSON results file")
+    parser.add_argument("--out", type=Path, default=bench_results_path("quantization"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     if args.torchao_path:
@@ -237,7 +238,8 @@ def main() -> None:
         "torch": torch.__version__,
         "cpu_threads_available": torch.get_num_threads(),
     }
-    out = Path(args.out)
+    out = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
     results["latency"] = bench_latency(args.rounds, args.repeats)
     out.write_text(json.dumps(results, indent=2, default=str))  # kept if a later part fails
     if not args.skip_train:
