@@ -42,7 +42,6 @@ from hydra.core.override_parser.types import (
     RangeSweep,
     Transformer,
 )
-from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
@@ -306,14 +305,12 @@ class OptunaSweeper(Sweeper):
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         """Keep Hydra's context and config; build the launcher around the recording task."""
-        from slimlab.utils.sweeps import recording
+        from slimlab.utils.sweeps import recording_launcher
 
         self.hydra_context = hydra_context
         self.config = config
         self.objectives = objective_names(config.get("optimized_metric"), self.directions)
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=recording(task_function), config=config
-        )
+        self.launcher = recording_launcher(hydra_context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         """Run the remaining trials of the study and write `optimization_results.yaml`."""

@@ -150,6 +150,15 @@ def recording(task_function: Any) -> Any:
     return functools.partial(_run_and_record, task_function)
 
 
+def recording_launcher(hydra_context: Any, task_function: Any, config: DictConfig) -> Any:
+    """The configured Hydra launcher, running `recording(task_function)` as each job."""
+    from hydra.core.plugins import Plugins
+
+    return Plugins.instance().instantiate_launcher(
+        hydra_context=hydra_context, task_function=recording(task_function), config=config
+    )
+
+
 def job_folders(
     config_loader: Any, config: DictConfig, batch: Sequence[Sequence[str]], first_job: int
 ) -> list[Path]:
