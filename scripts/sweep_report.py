@@ -355,6 +355,7 @@ def log_to_wandb(
     payload.update({f"sweep/{name}": wandb.Image(str(path)) for name, path in images.items()})
     run.log(payload)
     run.finish()
+    wandb.teardown()  # ends W&B's service, which writes out the offline run before it exits
     return run.dir
 
 

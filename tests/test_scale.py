@@ -44,9 +44,12 @@ def test_under_slurm_lightning_takes_the_ranks_and_slimlab_launches_nothing(
     import lightning as L
     from lightning.fabric.plugins.environments import SLURMEnvironment
     from lightning.pytorch.strategies.launchers import subprocess_script
+    from lightning_utilities.core.rank_zero import rank_zero_only
 
     for key, value in slurm_env(ntasks=2, procid=1).items():
         monkeypatch.setenv(key, value)
+    # the trainer below makes this process rank 1 for rank-zero-only code: undo it afterwards
+    monkeypatch.setattr(rank_zero_only, "rank", getattr(rank_zero_only, "rank", 0))
     before = subprocess_script._hydra_subprocess_cmd
     assert external_launcher() == "slurm"
     assert install_hydra_ddp_launcher() is False

@@ -132,6 +132,7 @@ def test_pareto_set_agrees_with_optuna() -> None:
     ]
 
 
+@pytest.mark.slow  # W&B starts its service process: ~5-10 s
 def test_under_wandb_the_table_and_plots_go_to_the_sweeps_group(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
