@@ -25,7 +25,8 @@ from slimlab.train import train
 optuna = pytest.importorskip("optuna")
 pytestmark = pytest.mark.slow
 
-QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
+# = slimlab.utils.compose.NO_BARS on main (progress bar and model summary off)
+NO_BARS = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 N_TRIALS = 12
 KILL_AFTER = 5  # finished trials before the sweeper is killed
 
@@ -42,7 +43,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("pareto")
     teacher_cfg = compose_config(
         tmp / "teacher",
-        [*QUIET, "logger=none", "trainer.max_epochs=2", "trainer.limit_train_batches=6"],
+        [*NO_BARS, "logger=none", "trainer.max_epochs=2", "trainer.limit_train_batches=6"],
     )
     _, objects = train(teacher_cfg)
     teacher = objects["trainer"].checkpoint_callback.best_model_path
@@ -57,7 +58,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=1",
         "callbacks.model_cost.repeats=5",
-        *QUIET,
+        *NO_BARS,
     ]
     sweep_dir = tmp / "logs" / "train" / "digits_compress_pareto" / "multiruns"
     sweep_dir = sweep_dir / "digits_compress_pareto"

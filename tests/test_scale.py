@@ -19,7 +19,8 @@ from conftest import ROOT, compose_config, run_cli, run_folders
 from slimlab.utils import resolvers
 from slimlab.utils.ddp import external_launcher, install_hydra_ddp_launcher
 
-QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
+# = slimlab.utils.compose.NO_BARS on main (progress bar and model summary off)
+NO_BARS = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
 
 
@@ -104,7 +105,7 @@ def test_preempted_slurm_job_requeues_and_resumes_in_its_folder(tmp_path: Path) 
     cmd = [
         sys.executable,
         str(ROOT / "train.py"),
-        *QUIET,
+        *NO_BARS,
         "trainer.max_epochs=6",
         "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=1",
@@ -153,7 +154,7 @@ def test_preempted_slurm_job_requeues_and_resumes_in_its_folder(tmp_path: Path) 
 def test_submitit_local_launcher_runs_a_two_job_sweep(tmp_path: Path) -> None:
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     run_cli(
-        "train.py", ["-m", "hydra/launcher=submitit_local", "seed=1,2", *QUIET, *TINY], tmp_path
+        "train.py", ["-m", "hydra/launcher=submitit_local", "seed=1,2", *NO_BARS, *TINY], tmp_path
     )
     (sweep,) = (tmp_path / "logs" / "train" / "default" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.name.isdigit())
@@ -178,7 +179,7 @@ def test_torchrun_two_processes_one_run_folder(tmp_path: Path) -> None:
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.sync_batchnorm=false",  # SyncBatchNorm needs GPUs
-        *QUIET,
+        *NO_BARS,
         *TINY,
         f"paths.log_dir={tmp_path / 'logs'}",
         "extras.print_config=false",

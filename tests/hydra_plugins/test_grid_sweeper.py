@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT, run_cli
 from hydra_plugins.slimlab_grid_sweeper.grid_sweeper import grid
 
-QUIET = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
+# = slimlab.utils.compose.NO_BARS on main (progress bar and model summary off)
+NO_BARS = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
 def test_grid_is_hydras_cartesian_product_in_hydras_order() -> None:
@@ -39,7 +40,7 @@ def test_a_continuous_range_is_a_clear_error() -> None:
 def test_a_failing_job_is_recorded_the_others_run_and_the_sweep_exits_1(tmp_path: Path) -> None:
     proc = run_cli(
         "train.py",
-        ["-m", "model.optimizer.lr=1e-3,-1,2e-3", "trainer.max_epochs=1", *QUIET],
+        ["-m", "model.optimizer.lr=1e-3,-1,2e-3", "trainer.max_epochs=1", *NO_BARS],
         tmp_path,
         check=False,
     )

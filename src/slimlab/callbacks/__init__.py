@@ -1,7 +1,6 @@
 """Template callbacks that are not compression (those live in slimlab.compression)."""
 
-from slimlab.callbacks.model_cost import ModelCost
 from slimlab.callbacks.optuna_pruning import OptunaPruning
 from slimlab.callbacks.rng_state import RNGStateCallback
 
-__all__ = ["ModelCost", "OptunaPruning", "RNGStateCallback"]
+__all__ = ["OptunaPruning", "RNGStateCallback"]

@@ -12,7 +12,7 @@ from slimlab.models.base import count_parameters
 from slimlab.train import optimized_metric, train
 from slimlab.utils.errors import ConfigError
 
-COST = ["+callbacks.model_cost._target_=slimlab.callbacks.ModelCost"]
+COST = ["+callbacks.model_cost._target_=slimlab.compression.model_cost.ModelCost"]
 
 
 def test_the_tested_model_is_measured_and_reaches_metrics_json(compose_cfg) -> None:
@@ -35,7 +35,7 @@ def test_the_tested_model_is_measured_and_reaches_metrics_json(compose_cfg) -> N
 
 @pytest.mark.parametrize("key", ["batch_size", "repeats", "threads"])
 def test_bad_settings_fail_before_training(key: str) -> None:
-    from slimlab.callbacks import ModelCost
+    from slimlab.compression.model_cost import ModelCost
 
     with pytest.raises(ConfigError, match=f"callbacks.model_cost.{key}=0 is out of range"):
         ModelCost(**{key: 0})

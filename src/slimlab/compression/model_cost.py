@@ -1,5 +1,8 @@
 """Measure what the tested model costs (latency, size, parameters, MACs) the same way in every run.
 
+A callback of the `callbacks` group (not a compression technique: it changes nothing), kept
+beside the measuring module it uses.
+
 A compression search compares dense, pruned and int8 trials on latency and size, so each trial
 must measure its final model alike. Timeline of a run with `ModelCost`:
 
