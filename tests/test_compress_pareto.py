@@ -25,7 +25,6 @@ from slimlab.train import train
 optuna = pytest.importorskip("optuna")
 pytestmark = pytest.mark.slow
 
-# = slimlab.utils.compose.NO_BARS on main (progress bar and model summary off)
 NO_BARS = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 N_TRIALS = 12
 KILL_AFTER = 5  # finished trials before the sweeper is killed

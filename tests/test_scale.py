@@ -19,7 +19,6 @@ from conftest import ROOT, compose_config, run_cli, run_folders
 from slimlab.utils import resolvers
 from slimlab.utils.ddp import external_launcher, install_hydra_ddp_launcher
 
-# = slimlab.utils.compose.NO_BARS on main (progress bar and model summary off)
 NO_BARS = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=4", "trainer.limit_val_batches=2"]
 

@@ -13,7 +13,6 @@ import pytest
 from conftest import ROOT, run_cli
 from hydra_plugins.slimlab_grid_sweeper.grid_sweeper import grid
 
-# = slimlab.utils.compose.NO_BARS on main (progress bar and model summary off)
 NO_BARS = ["callbacks.rich_progress_bar=null", "callbacks.model_summary=null"]
 
 
