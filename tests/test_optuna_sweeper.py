@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +20,15 @@ import os
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+
+
+class CrashAfterJob(Callback):
+    # kills the sweep after a job ended and wrote its status, before the sweeper hears of it
+
+    def on_job_end(self, config, job_return, **kwargs):
+        if config.hydra.job.num in config.crash_after_jobs:
+            os._exit(3)
 
 
 @hydra.main(version_base="1.3", config_path=".", config_name="config")
@@ -49,7 +59,11 @@ multi: false
 fail_jobs: []
 none_jobs: []
 crash_jobs: []
+crash_after_jobs: []
 hydra:
+  callbacks:
+    crash_after:
+      _target_: __main__.CrashAfterJob
   sweeper:
     study_name: quadratic
     direction: minimize
@@ -143,14 +157,21 @@ def test_failed_jobs_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
         "fail_jobs=[1]",
         "none_jobs=[2]",
         "x=interval(0.0, 4.0)",  # a command-line sweep replaces the config's search space
+        check=False,
     )
     states = [t.state.name for t in load_study(tmp_path).trials]
     assert states == ["COMPLETE", "FAIL", "FAIL", "COMPLETE"]
     assert all(0.0 <= t.params["x"] <= 4.0 for t in load_study(tmp_path).trials)
-    assert "job 1 failed on purpose" in proc.stdout + proc.stderr
     assert "the task returned None" in proc.stdout + proc.stderr
     results = OmegaConf.load(tmp_path / "multirun" / "optimization_results.yaml")
     assert results.trials == {"complete": 2, "fail": 2}
+    # the job that raised is recorded in its folder, and the command ends non-zero naming it
+    status = json.loads((tmp_path / "multirun" / "1" / "job_status.json").read_text())
+    assert status["status"] == "FAILED" and "job 1 failed on purpose" in status["error"]
+    assert proc.returncode == 1
+    assert "1 of 4 jobs failed" in proc.stderr
+    assert "#1 " in proc.stderr and "RuntimeError: job 1 failed on purpose" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_trial_interrupted_by_a_crash_runs_again_on_resume(tmp_path: Path) -> None:
@@ -165,6 +186,20 @@ def test_trial_interrupted_by_a_crash_runs_again_on_resume(tmp_path: Path) -> No
     assert retry.state.name == "COMPLETE" and retry.params == trials[2].params
     assert sum(t.state.name == "COMPLETE" for t in trials) == 4
     assert job_folders(tmp_path) == [str(i) for i in range(5)]
+
+
+def test_trial_finished_just_before_a_crash_is_recorded_not_run_again(tmp_path: Path) -> None:
+    crashed = sweep(tmp_path, "hydra.sweeper.n_trials=4", "crash_after_jobs=[1]", check=False)
+    assert crashed.returncode != 0
+    assert load_study(tmp_path).trials[1].state.name == "RUNNING"
+    status = json.loads((tmp_path / "multirun" / "1" / "job_status.json").read_text())
+    assert status["status"] == "COMPLETED"
+
+    sweep(tmp_path, "hydra.sweeper.n_trials=4")
+    trials = load_study(tmp_path).trials
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 4
+    assert trials[1].value == status["value"]  # told from the job's own record
+    assert job_folders(tmp_path) == [str(i) for i in range(4)]  # nothing ran twice
 
 
 def test_multi_objective_writes_the_pareto_front(tmp_path: Path) -> None:

@@ -211,21 +211,28 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     return metrics, objects
 
 
-def optimized_metric(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
-    """The value of `cfg.optimized_metric` (what sweeps optimize), or None if unset."""
-    name = cfg.get("optimized_metric")
-    if not name:
+def optimized_metric(cfg: DictConfig, metrics: dict[str, Any]) -> float | list[float] | None:
+    """The value of `cfg.optimized_metric` (what sweeps optimize), or None if unset.
+
+    A list of metric names (a multi-objective search) gives the list of their values.
+    """
+    names = cfg.get("optimized_metric")
+    if not names:
         return None
-    if name not in metrics:
+    listed = not isinstance(names, str)
+    names = list(names) if listed else [names]
+    missing = [name for name in names if name not in metrics]
+    if missing:
         raise ConfigError(
-            f"optimized_metric={name} was not logged by this run: logged metrics are "
+            f"optimized_metric={missing[0]} was not logged by this run: logged metrics are "
             f"{sorted(metrics)}"
         )
-    return float(metrics[name])
+    values = [float(metrics[name]) for name in names]
+    return values if listed else values[0]
 
 
-def main(cfg: DictConfig) -> float | None:
-    """Hydra task: train, return the optimized metric (for sweeps)."""
+def main(cfg: DictConfig) -> float | list[float] | None:
+    """Hydra task: train, return the optimized metric(s) (for sweeps)."""
     with distributed_job():
         metrics, _ = train(cfg)
     return optimized_metric(cfg, metrics)

@@ -141,3 +141,17 @@ def test_exported_batchnorm_switches_alone() -> None:
     second = model(x)
     assert torch.equal(model.state_dict()["1.running_mean"], running)  # statistics frozen
     assert not torch.equal(first, second)  # dropout still in training mode
+
+
+def test_hydra_job_error_reads_what_a_failed_job_raised() -> None:
+    from hydra.core.utils import JobReturn, JobStatus
+
+    error = RuntimeError("job 3 failed")
+    failed = JobReturn(status=JobStatus.FAILED)
+    failed.return_value = error
+    assert compat.hydra_job_error(failed) is error
+    completed = JobReturn(status=JobStatus.COMPLETED)
+    completed.return_value = 0.5
+    assert compat.hydra_job_error(completed) is None
+    # the private field still backs the public property in the installed Hydra
+    assert "_return_value" in {f.name for f in JobReturn.__dataclass_fields__.values()}

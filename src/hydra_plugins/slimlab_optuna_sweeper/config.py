@@ -19,7 +19,8 @@ class SlimlabOptunaSweeperConf:
     # optuna storage: a URL (sqlite:///${hydra.sweep.dir}/../optuna.db) or a file path, taken
     # as sqlite; null keeps the study in memory, so the sweep cannot be resumed
     storage: str | None = None
-    # "minimize" or "maximize"; a list of them for multi-objective (one per returned value)
+    # "minimize" or "maximize"; a list of them for multi-objective: one per returned value, in
+    # the order of the app's `optimized_metric` list (checked before any trial runs)
     direction: Any = "minimize"
     # total trials in the study (>= 1), counting those already run by earlier runs of it
     n_trials: int = 20
@@ -39,6 +40,10 @@ class SlimlabOptunaSweeperConf:
     # optional dotted path to fn(cfg: DictConfig, trial: optuna.Trial) -> None that suggests
     # more (e.g. conditional) params with trial.suggest_*; they are passed as overrides too
     custom_search_space: str | None = None
+    # on resume, a trial that a killed sweep cut off runs again from this file of its job
+    # folder when it exists (passed as `<resume_key>=<path>`); null: again from scratch
+    resume_checkpoint: str | None = "checkpoints/last.ckpt"
+    resume_key: str = "ckpt_path"  # the app's resume-from-checkpoint key (train.py's)
 
 
 ConfigStore.instance().store(

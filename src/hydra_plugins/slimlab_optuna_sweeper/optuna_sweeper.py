@@ -1,11 +1,24 @@
 """A Hydra sweeper that drives an Optuna study with ask/tell and resumes it from its storage.
 
+Timeline of one batch: the sweeper asks the study for `n_jobs` trials, composes each job's
+config (a bad one fails the batch before anything runs) and records the job's folder with its
+trial (user attr `output_dir`); the launcher runs the jobs, which find their trial through
+`trials.current_trial()` when they run in this process, and each job writes `job_status.json`
+in its folder (slimlab.utils.sweeps); the sweeper tells the study each job's values (one
+per objective, `optimized_metric` names them), or PRUNED, or FAIL. A failed job is logged and
+the sweep goes on; after the last trial `optimization_results.yaml` is written (the best
+trial, or the Pareto set of a multi-objective study), and if any job raised, the command
+exits 1 naming them.
+
 Resume: with `storage` and `study_name` set, a rerun loads the study and runs only the trials
-still missing to reach `n_trials` finished ones (complete, pruned or failed). Trials left
-RUNNING by a crashed sweep are told FAIL and their params are enqueued again (the retry has
-user attr `retry_of`); an interrupted trial does not count toward `n_trials`, its retry does.
-This assumes one sweep process per study at a time: a second live sweep would see the first
-one's running trials as interrupted.
+still missing to reach `n_trials` finished ones (complete, pruned or failed). A trial left
+RUNNING by a killed sweep is settled from its job's `job_status.json` when the job finished
+(its values are told, it is not run again); otherwise it is told FAIL and its params are
+enqueued again (the retry has user attr `retry_of`), resuming from the job's
+`checkpoints/last.ckpt` when one exists (`ckpt_path=...`, SlimLab's exact resume). An
+interrupted trial does not count toward `n_trials`, its retry does. This assumes one sweep
+process per study at a time: a second live sweep would see the first one's running trials as
+interrupted.
 
 Hydra imports every module under `hydra_plugins` whenever any Hydra app starts, so this module
 imports only Hydra and OmegaConf at the top; optuna and slimlab are imported where needed.
@@ -13,7 +26,6 @@ imports only Hydra and OmegaConf at the top; optuna and slimlab are imported whe
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -30,13 +42,14 @@ from hydra.core.override_parser.types import (
     RangeSweep,
     Transformer,
 )
-from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_method, instantiate
 from omegaconf import DictConfig, OmegaConf
+
+from hydra_plugins.slimlab_optuna_sweeper.trials import launching
 
 if TYPE_CHECKING:
     import optuna
@@ -48,7 +61,9 @@ log = logging.getLogger(__name__)
 
 DIRECTIONS = ("minimize", "maximize")
 JOB_IDX_ATTR = "hydra_job_idx"  # trial user attr: the Hydra job number (folder) that ran it
+OUTPUT_DIR_ATTR = "output_dir"  # trial user attr: the folder of the job that ran it
 RETRY_ATTR = "retry_of"  # trial user attr: number of the interrupted trial this one re-runs
+RESUME_ATTR = "resume_from"  # trial user attr: checkpoint an interrupted trial's retry resumes
 VALID_FORMS = (
     "interval(low, high), tag(log, interval(low, high)), tag(int, interval(low, high)), "
     "range(start, stop[, step]), choice(a, b, ...), a,b,c, or a fixed value"
@@ -56,38 +71,12 @@ VALID_FORMS = (
 VALID_TAGS = {"interval": {"log", "int"}, "range": {"log"}, "choice": set()}
 
 
-# The trials of the batch being launched, by Hydra job number. Jobs that the launcher runs in
-# this process (Hydra's basic launcher) find their trial here, so a Lightning callback
-# (slimlab.callbacks.OptunaPruning) can report intermediate values to the study's pruner.
-_RUNNING_TRIALS: dict[int, Any] = {}
-
-
-def running_trial(job_num: int) -> optuna.Trial | None:
-    """The trial that Hydra job `job_num` runs, if this process launched it, else None."""
-    return _RUNNING_TRIALS.get(job_num)
-
-
-@functools.cache
-def _sweeper_error_type() -> type[Exception]:
-    """slimlab's ConfigError that Hydra prints as its message alone, built on first use.
-
-    The sweeper runs outside the task, so slimlab's entry-point handler never sees its
-    errors; Hydra prints a `CompactHydraException` without a traceback and exits 1. Imported
-    late to keep Hydra's plugin scan light.
-    """
-    from hydra.errors import CompactHydraException
-
-    from slimlab.utils.errors import ConfigError
-
-    class SweeperConfigError(ConfigError, CompactHydraException):
-        """Bad sweeper config: a message naming the key and what would be valid."""
-
-    return SweeperConfigError
-
-
 def _config_error(message: str) -> Exception:
-    """Return the error for bad sweeper config (a slimlab ConfigError)."""
-    return _sweeper_error_type()(message)
+    """Return the error for bad sweeper config (a slimlab ConfigError), imported late to keep
+    Hydra's plugin scan light."""
+    from slimlab.utils.sweeps import SweeperConfigError
+
+    return SweeperConfigError(message)
 
 
 def _import_optuna() -> Any:
@@ -225,6 +214,23 @@ def override_value(value: Any) -> str:
     return str(value)
 
 
+def objective_names(optimized_metric: Any, directions: Sequence[str]) -> list[str] | None:
+    """The names of the objectives (the app's `optimized_metric`), checked against `directions`.
+
+    None when the app has no `optimized_metric` key (a plain Hydra app returning numbers).
+    """
+    if optimized_metric is None:
+        return None
+    names = [optimized_metric] if isinstance(optimized_metric, str) else list(optimized_metric)
+    if len(names) != len(directions):
+        raise _config_error(
+            f"optimized_metric={names} names {len(names)} objective(s) but "
+            f"hydra.sweeper.direction={directions} gives {len(directions)}: give one direction "
+            "per metric, in the same order"
+        )
+    return [str(name) for name in names]
+
+
 def objective_values(value: Any, n_objectives: int) -> list[float]:
     """Return a job's return value as `n_objectives` floats; ValueError says why it cannot."""
     if value is None:
@@ -260,6 +266,8 @@ class OptunaSweeper(Sweeper):
         pruner: DictConfig | None = None,
         params: Mapping[str, str] | None = None,
         custom_search_space: str | None = None,
+        resume_checkpoint: str | None = "checkpoints/last.ckpt",
+        resume_key: str = "ckpt_path",
     ) -> None:
         super().__init__()
         self.directions = parse_directions(direction)
@@ -286,6 +294,9 @@ class OptunaSweeper(Sweeper):
         self.pruner = pruner
         self.params = dict(params or {})
         self.custom_search_space = custom_search_space
+        self.resume_checkpoint = resume_checkpoint
+        self.resume_key = resume_key
+        self.objectives: list[str] | None = None
         self.hydra_context: HydraContext | None = None
         self.config: DictConfig | None = None
         self.launcher: Any = None
@@ -293,15 +304,18 @@ class OptunaSweeper(Sweeper):
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
-        """Keep Hydra's context and config, and build the launcher that runs the trials."""
+        """Keep Hydra's context and config; build the launcher around the recording task."""
+        from slimlab.utils.sweeps import recording_launcher
+
         self.hydra_context = hydra_context
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
-        )
+        self.objectives = objective_names(config.get("optimized_metric"), self.directions)
+        self.launcher = recording_launcher(hydra_context, task_function, config)
 
     def sweep(self, arguments: list[str]) -> list[Sequence[JobReturn]]:
         """Run the remaining trials of the study and write `optimization_results.yaml`."""
+        from slimlab.utils.sweeps import job_folders, raise_if_failed
+
         assert self.config is not None and self.launcher is not None
         assert self.hydra_context is not None
         optuna = _import_optuna()
@@ -313,7 +327,7 @@ class OptunaSweeper(Sweeper):
             log.warning("No search space: give hydra.sweeper.params or sweep overrides")
 
         study = self._open_study()
-        self._requeue_interrupted(study)
+        self._settle_interrupted(study)
         trials = study.get_trials(deepcopy=False)
         interrupted = {t.user_attrs[RETRY_ATTR] for t in trials if RETRY_ATTR in t.user_attrs}
         done = sum(t.state.is_finished() and t.number not in interrupted for t in trials)
@@ -329,39 +343,70 @@ class OptunaSweeper(Sweeper):
             distributions,
         )
 
-        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
 
         returns: list[Sequence[JobReturn]] = []
+        failures: list[Any] = []
+        launched = 0
         while remaining > 0:
             batch = [study.ask(distributions) for _ in range(min(self.n_jobs, remaining))]
             try:  # a broken config fails every trial alike: stop, and leave no trial running
-                overrides = []
-                for offset, trial in enumerate(batch):
-                    if extend is not None:
-                        extend(self.config, trial)
-                    trial.set_user_attr(JOB_IDX_ATTR, job_idx + offset)
-                    suggested = [f"{k}={override_value(v)}" for k, v in trial.params.items()]
-                    overrides.append(fixed + suggested)
-                self.validate_batch_is_legal(overrides)
+                overrides = [
+                    self._trial_overrides(trial, fixed, extend, job_idx + offset)
+                    for offset, trial in enumerate(batch)
+                ]
+                folders = job_folders(
+                    self.hydra_context.config_loader, self.config, overrides, job_idx
+                )
             except Exception:
                 for trial in batch:
                     study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 raise
-            _RUNNING_TRIALS.update((job_idx + i, trial) for i, trial in enumerate(batch))
-            try:
-                results = self.launcher.launch(overrides, initial_job_idx=job_idx)
-            finally:
-                _RUNNING_TRIALS.clear()
-            for trial, trial_overrides, result in zip(batch, overrides, results):
-                self._tell(study, trial, trial_overrides, result)
-            returns.append(results)
+            for trial, folder in zip(batch, folders):
+                trial.set_user_attr(OUTPUT_DIR_ATTR, str(folder))
+            with launching({job_idx + i: trial for i, trial in enumerate(batch)}):
+                try:
+                    results = self.launcher.launch(overrides, initial_job_idx=job_idx)
+                except Exception as exc:  # the launcher lost the batch: read what its jobs wrote
+                    log.error(
+                        "The launcher failed on trials %s: %r", [t.number for t in batch], exc
+                    )
+                    results = None
+                    failures += self._settle_lost(study, batch, overrides, exc)
+            for trial, trial_overrides, result in zip(batch, overrides, results or []):
+                failure = self._tell(study, trial, trial_overrides, result)
+                if failure is not None:
+                    failures.append(failure)
+            if results is not None:
+                returns.append(results)
             job_idx += len(batch)
+            launched += len(batch)
             remaining -= len(batch)
 
         self._write_results(study, sweep_dir / "optimization_results.yaml")
+        raise_if_failed(failures, launched, sweep_dir)
         return returns
+
+    def _trial_overrides(
+        self, trial: optuna.Trial, fixed: list[str], extend: Any, job_num: int
+    ) -> list[str]:
+        """The overrides of the job that runs `trial`: fixed, suggested, and a resume point."""
+        if extend is not None:
+            extend(self.config, trial)
+        trial.set_user_attr(JOB_IDX_ATTR, job_num)
+        overrides = fixed + [f"{k}={override_value(v)}" for k, v in trial.params.items()]
+        resume = trial.user_attrs.get(RESUME_ATTR)
+        if resume and Path(resume).is_file():
+            log.info(
+                "Trial %d resumes interrupted trial %s from %s",
+                trial.number,
+                trial.user_attrs.get(RETRY_ATTR),
+                resume,
+            )
+            overrides.append(f"{self.resume_key}={override_value(resume)}")
+        return overrides
 
     def _custom_search_space(self) -> Callable[[DictConfig, Any], None] | None:
         """Return the user's search-space function named by `custom_search_space`, if any."""
@@ -407,58 +452,138 @@ class OptunaSweeper(Sweeper):
         log.info("Resuming: sampler seed %s + %d earlier trials", seed, seed_offset)
         return instantiate(self.sampler, seed=int(seed) + seed_offset, _convert_="all")
 
-    def _requeue_interrupted(self, study: optuna.Study) -> None:
-        """Tell FAIL to trials a crashed sweep left RUNNING and enqueue their params again."""
+    def _settle_interrupted(self, study: optuna.Study) -> None:
+        """Settle the trials a killed sweep left RUNNING: from their job's status file when the
+        job finished, else told FAIL and enqueued again (resuming from the job's checkpoint)."""
         import optuna
 
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         for trial in running:
+            folder = trial.user_attrs.get(OUTPUT_DIR_ATTR)
+            if self._tell_status(study, trial.number, folder) is not None:
+                log.info(
+                    "Trial %d (job %s) had finished when the sweep stopped: recorded",
+                    trial.number,
+                    trial.user_attrs.get(JOB_IDX_ATTR),
+                )
+                continue
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            study.enqueue_trial(trial.params, user_attrs={RETRY_ATTR: trial.number})
+            attrs = {RETRY_ATTR: trial.number}
+            checkpoint = self._checkpoint_of(folder)
+            if checkpoint is not None:
+                attrs[RESUME_ATTR] = str(checkpoint)
+            study.enqueue_trial(trial.params, user_attrs=attrs)
             log.warning(
                 "Trial %d (job %s) was left running by an interrupted sweep: marked failed, "
-                "its params %s will run again",
+                "its params %s will run again%s",
                 trial.number,
                 trial.user_attrs.get(JOB_IDX_ATTR),
                 trial.params,
+                f", resuming from {checkpoint}" if checkpoint else "",
             )
+
+    def _checkpoint_of(self, folder: str | None) -> Path | None:
+        """The resume checkpoint an interrupted job in `folder` left, if any."""
+        if folder is None or self.resume_checkpoint is None:
+            return None
+        path = Path(folder) / self.resume_checkpoint
+        return path if path.is_file() else None
+
+    def _tell_status(self, study: optuna.Study, number: int, folder: str | None) -> Any:
+        """Tell trial `number` what its job's `job_status.json` says; None if there is none."""
+        import optuna
+
+        from slimlab.utils.sweeps import COMPLETED, PRUNED, read_status
+
+        status = read_status(folder)
+        if status is None:
+            return None
+        state = status.get("status")
+        if state == PRUNED:
+            study.tell(number, state=optuna.trial.TrialState.PRUNED)
+        elif state == COMPLETED:
+            try:
+                values = objective_values(status.get("value"), len(self.directions))
+            except ValueError:
+                study.tell(number, state=optuna.trial.TrialState.FAIL)
+            else:
+                study.tell(number, values[0] if len(values) == 1 else values)
+        else:
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        return status
+
+    def _settle_lost(
+        self,
+        study: optuna.Study,
+        batch: Sequence[optuna.Trial],
+        overrides: Sequence[Sequence[str]],
+        exc: Exception,
+    ) -> list[Any]:
+        """Settle a batch whose launcher raised, from what its jobs wrote; return the failures."""
+        import optuna
+
+        from slimlab.utils.sweeps import COMPLETED, PRUNED, Failure, error_text
+
+        failures = []
+        for trial, trial_overrides in zip(batch, overrides):
+            status = self._tell_status(study, trial.number, trial.user_attrs.get(OUTPUT_DIR_ATTR))
+            if status is None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                status = {"error": f"lost by the launcher: {error_text(exc)}"}
+            if status.get("status") not in (COMPLETED, PRUNED):
+                job = trial.user_attrs.get(JOB_IDX_ATTR, -1)
+                error = status.get("error") or "failed"
+                failures.append(Failure(job, self._named(trial, trial_overrides), error))
+        return failures
+
+    @staticmethod
+    def _named(trial: optuna.Trial, overrides: Sequence[str]) -> tuple[str, ...]:
+        """The overrides that tell this trial from the others: its suggested params."""
+        keys = tuple(f"{key}=" for key in trial.params)
+        return tuple(o for o in overrides if o.startswith(keys)) or tuple(overrides)
 
     def _tell(
         self, study: optuna.Study, trial: optuna.Trial, overrides: Sequence[str], result: JobReturn
-    ) -> None:
-        """Tell the study how one job ended; a failed job is logged, never re-raised."""
+    ) -> Any:
+        """Tell the study how one job ended; return the Failure of a job that raised, or None.
+
+        A failed job is logged, never re-raised.
+        """
         import optuna
 
+        from slimlab.utils.compat import hydra_job_error
+        from slimlab.utils.sweeps import Failure, error_text, is_user_error
+
         job = trial.user_attrs.get(JOB_IDX_ATTR)
-        # a pruned job is no error: read what it raised without `return_value`, which logs
-        # "Error executing job" before it re-raises
-        raised = getattr(result, "_return_value", None)
-        if result.status == JobStatus.FAILED and isinstance(raised, optuna.TrialPruned):
+        # read what the job raised without `return_value`, which writes "Error executing job"
+        raised = hydra_job_error(result)
+        if isinstance(raised, optuna.TrialPruned):  # a pruned job is no error
             log.info("Trial %d (job %s) was %s", trial.number, job, raised)
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            return
-        try:
-            returned = result.return_value  # re-raises what the job raised
-        except Exception as exc:
+            return None
+        if result.status != JobStatus.COMPLETED:
+            text = error_text(raised) if raised is not None else f"status {result.status.name}"
+            trace = None if raised is None or is_user_error(raised) else raised
             log.warning(
-                "Trial %d (job %s) raised %r; overrides %s",
+                "Trial %d (job %s) failed: %s; overrides %s",
                 trial.number,
                 job,
-                exc,
+                text,
                 list(overrides),
-                exc_info=exc,
+                exc_info=trace,
             )
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return
+            return Failure(job, self._named(trial, overrides), text)
         try:
-            values = objective_values(returned, len(self.directions))
+            values = objective_values(result.return_value, len(self.directions))
         except ValueError as exc:
             log.warning(
                 "Trial %d (job %s) failed: %s; overrides %s", trial.number, job, exc, overrides
             )
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            return
+            return None
         study.tell(trial, values[0] if len(values) == 1 else values)
+        return None
 
     def _write_results(self, study: optuna.Study, path: Path) -> None:
         """Write the best params and value (or the Pareto front) of the study to `path`."""
@@ -473,6 +598,10 @@ class OptunaSweeper(Sweeper):
             "direction": self.directions[0] if len(self.directions) == 1 else self.directions,
             "trials": counts,
         }
+        if self.objectives is not None:
+            results["optimized_metric"] = (
+                self.objectives[0] if len(self.objectives) == 1 else self.objectives
+            )
         if counts.get("complete", 0) == 0:
             log.warning("No trial of study %r completed: see the job logs", study.study_name)
         elif len(self.directions) == 1:
@@ -484,16 +613,19 @@ class OptunaSweeper(Sweeper):
                 best_job=best.user_attrs.get(JOB_IDX_ATTR),
             )
             log.info("Best value %s, params %s (trial %d)", best.value, best.params, best.number)
-        else:
+        else:  # the Pareto set: every trial no other trial beats in all objectives
+            names = self.objectives or [f"objective_{i}" for i in range(len(self.directions))]
             results["best_trials"] = [
                 {
                     "trial": t.number,
                     "job": t.user_attrs.get(JOB_IDX_ATTR),
+                    "output_dir": t.user_attrs.get(OUTPUT_DIR_ATTR),
                     "params": t.params,
                     "values": t.values,
+                    "metrics": dict(zip(names, t.values)),
                 }
-                for t in study.best_trials
+                for t in sorted(study.best_trials, key=lambda t: t.number)
             ]
-            log.info("Pareto front: %d trials", len(results["best_trials"]))
+            log.info("Pareto set: %d trials", len(results["best_trials"]))
         OmegaConf.save(OmegaConf.create(results), path)
         log.info("Wrote %s", path)

@@ -7,24 +7,11 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from hydra_plugins.slimlab_optuna_sweeper.trials import current_trial
 from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
 
 log = get_logger(__name__)
-
-
-def _current_trial() -> Any:
-    """The Optuna trial of this Hydra job, when the slimlab_optuna sweeper launched it here."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    job_num = HydraConfig.get().job.get("num")
-    if job_num is None:
-        return None
-    from hydra_plugins.slimlab_optuna_sweeper.optuna_sweeper import running_trial
-
-    return running_trial(int(job_num))
 
 
 class OptunaPruning(Callback):
@@ -54,7 +41,7 @@ class OptunaPruning(Callback):
         self.pruned = None
         if not trainer.is_global_zero:
             return
-        self.trial = _current_trial()
+        self.trial = current_trial()
         if self.trial is not None and len(self.trial.study.directions) > 1:
             log.warning("Multi-objective study: Optuna cannot prune it, no values reported")
             self.trial = None

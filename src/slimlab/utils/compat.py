@@ -135,3 +135,23 @@ def set_exported_batchnorm_training(model: object, training: bool) -> None:
             "version: update slimlab.utils.compat"
         )
     export_utils._replace_batchnorm(model, train_to_eval=not training)
+
+
+# -- Hydra: what a failed job raised (used by SlimLab's sweepers) ------------------------------
+def hydra_job_error(result: object) -> BaseException | None:
+    """The exception a failed Hydra job raised (a `JobReturn`), else None.
+
+    `JobReturn.return_value` re-raises it after writing "Error executing job" to stderr; a
+    sweeper that records the failure and goes on reads the private `_return_value` instead.
+    """
+    from hydra.core.utils import JobStatus
+
+    if not hasattr(result, "_return_value"):
+        raise RuntimeError(
+            "hydra.core.utils.JobReturn._return_value is gone in this Hydra version: update "
+            "slimlab.utils.compat.hydra_job_error"
+        )
+    if result.status != JobStatus.FAILED:
+        return None
+    error = result._return_value
+    return error if isinstance(error, BaseException) else None

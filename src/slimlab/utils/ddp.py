@@ -4,6 +4,12 @@ Lightning's `ddp` strategy starts ranks 1..N-1 by re-running the command line. U
 it re-runs `sys.argv` with `hydra.run.dir` set to the *run* dir: inside a multirun that
 re-runs the whole sweep (`-m` stays in argv) in the wrong folder. We replace that command
 with one that runs exactly this job: the job's own overrides, its output folder, no sweep.
+
+Under SLURM (`srun`) or torchrun every rank is started by that launcher, and Lightning takes
+the ranks from its environment (SLURMEnvironment, TorchElasticEnvironment): SlimLab steps
+aside and launches nothing (`external_launcher` says which one, with Lightning's own
+detection, so both always agree). The ranks share one run folder because its name comes from
+the launcher's job id (see slimlab.utils.resolvers).
 """
 
 from __future__ import annotations
@@ -16,6 +22,24 @@ from contextlib import contextmanager
 import torch
 
 from slimlab.utils.compat import set_lightning_hydra_subprocess_command
+from slimlab.utils.logging import get_logger
+
+log = get_logger(__name__)
+
+
+def external_launcher() -> str | None:
+    """'slurm' or 'torchrun' when that launcher started this process as one rank, else None.
+
+    Lightning's detection, in Lightning's order: SLURM (`srun`, not an interactive `bash`
+    job), then torchelastic.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect():
+        return "slurm"
+    if TorchElasticEnvironment.detect():
+        return "torchrun"
+    return None
 
 
 def hydra_job_command(local_rank: int) -> tuple[Sequence[str], str]:
@@ -43,9 +67,17 @@ def hydra_job_command(local_rank: int) -> tuple[Sequence[str], str]:
     return command, get_original_cwd()
 
 
-def install_hydra_ddp_launcher() -> None:
-    """Make Lightning's subprocess launcher use `hydra_job_command` (idempotent)."""
+def install_hydra_ddp_launcher() -> bool:
+    """Make Lightning's subprocess launcher use `hydra_job_command` (idempotent); return True.
+
+    Under SLURM or torchrun, which start every rank themselves, do nothing and return False.
+    """
+    launcher = external_launcher()
+    if launcher is not None:
+        log.info(f"Ranks come from {launcher}: Lightning's {launcher} environment sets them")
+        return False
     set_lightning_hydra_subprocess_command(hydra_job_command)
+    return True
 
 
 # Variables Lightning's launcher writes into this process's environment for its DDP ranks.
