@@ -41,6 +41,10 @@ KNOWN = {
         "slimlab.export",
         "slimlab.train",
     ): "issue 10: export adopts the task wrapper in utils",
+    (
+        "slimlab.serve",
+        "slimlab.train",
+    ): "issue 10: serve adopts the task wrapper in utils",
 }
 
 
