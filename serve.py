@@ -3,12 +3,16 @@
 import hydra
 from omegaconf import DictConfig
 
-from slimlab.serve import main as serve_main
+import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*} before Hydra composes)
 from slimlab.utils.errors import exit_on_config_error
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="serve")
 def main(cfg: DictConfig) -> None:
+    # imported here: with serve.workers > 1 each worker process re-imports this file (spawn)
+    # and should not pay for torch before it can answer uvicorn's health checks
+    from slimlab.serve import main as serve_main
+
     with exit_on_config_error():
         serve_main(cfg)
 

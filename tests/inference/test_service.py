@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import sys
 import threading
 import time
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
+from serving import free_port
 
 pytestmark = pytest.mark.slow  # they share the session's trained and exported digits model
 
@@ -40,12 +40,6 @@ SETTINGS = ServeSettings(
     drift_window=100,
     batch_wait_ms=1.0,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ThreadedServer:

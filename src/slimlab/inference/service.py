@@ -8,8 +8,9 @@ Timeline of one worker process:
 
 1. `create_app(settings, model_path, predictor)` builds the app; uvicorn starts it;
 2. startup: the inference thread and the batcher start, the model is loaded there (unless the
-   entry already loaded it) and runs one warm-up batch; /health answers from the start, /ready
-   and /predict answer 503 until then; a model that fails to load stops the process;
+   entry already loaded it) and runs one warm-up batch; only then does uvicorn accept
+   connections (a model that fails to load stops the process); /ready answers 200 from then on
+   and 503 once shutdown begins;
 3. a /predict request is checked (auth, body size, JSON, shape, dtype, values; a 4xx naming the
    problem otherwise, `slimlab.inference.requests`), joins a batch (`batching`), and gets its
    rows back; after each model call the batch-size and inference-time histograms and the drift
@@ -107,8 +108,8 @@ def settings_from_config(cfg: Mapping[str, Any]) -> ServeSettings:
     )
     wait = _get(cfg, "batching.max_wait_ms")
     require(
-        isinstance(wait, int | float) and not isinstance(wait, bool) and 0 <= wait <= 1000,
-        f"serve.batching.max_wait_ms={wait!r} is out of range: give milliseconds in [0, 1000]",
+        isinstance(wait, int | float) and not isinstance(wait, bool) and 0 <= wait <= 5000,
+        f"serve.batching.max_wait_ms={wait!r} is out of range: give milliseconds in [0, 5000]",
     )
     key = _get(cfg, "auth.api_key")
     require(
@@ -152,16 +153,19 @@ class Service:
         self.model_path = Path(model_path)
         self.predictor = predictor
         self.metrics = ServiceMetrics()
-        self.state = "loading"  # -> ready | failed: <reason> | stopping
+        self.state = "loading"  # -> ready -> stopping
         self.drift: DriftMonitor | None = None
         self.executor: ThreadPoolExecutor | None = None
         self.batcher: Batcher | None = None
         self._model: dict[str, Any] = {}
-        self._loading: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the inference thread and batcher; load and warm the model in the background."""
+        """Start the inference thread and batcher, load the model (unless given), warm it up.
+
+        uvicorn accepts connections only after this returns, so a worker that shares the port
+        with others never answers /predict before it is ready; a failure here stops the process.
+        """
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="slimlab-inference")
         self.batcher = Batcher(
             self._predict,
@@ -171,30 +175,19 @@ class Service:
             on_batch=self._observe,
         )
         self.batcher.start()
-        self._loading = asyncio.get_running_loop().create_task(self._load())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._load_and_warm)
+        self.state = "ready"
+        log.info(f"ready: {self.model_path} ({self._model['format']}, {self._model['version']})")
 
     async def stop(self) -> None:
         """Stop the batcher and the inference thread (after uvicorn drained the requests)."""
         self.state = "stopping"
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
         if self.batcher is not None:
             await self.batcher.stop()
         if self.executor is not None:
             self.executor.shutdown(wait=True)
         self.metrics.process_exited()
-
-    async def _load(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self.executor, self._load_and_warm)
-        except Exception as exc:
-            self.state = f"failed: {exc}"
-            log.error(f"the model could not be loaded or warmed up, stopping: {exc}")
-            os.kill(os.getpid(), signal.SIGTERM)  # uvicorn shuts down cleanly
-            return
-        self.state = "ready"
-        log.info(f"ready: {self.model_path} ({self._model['format']}, {self._model['version']})")
 
     def _load_and_warm(self) -> None:
         """In the inference thread: load the model (if needed), set gauges, run one batch."""
@@ -323,7 +316,7 @@ class Service:
         )
 
     async def health(self, request: Any) -> Any:
-        """GET /health: the process is up (200 even while the model loads)."""
+        """GET /health: the process is up."""
         responses = import_optional("fastapi.responses", "serve")
         return responses.JSONResponse({"status": "ok", "state": self.state})
 
@@ -449,5 +442,7 @@ def run_service(
         "slimlab.inference.service:app_from_env",
         factory=True,
         workers=settings.workers,
+        # a worker answers uvicorn's pings while it imports torch and loads the model
+        timeout_worker_healthcheck=60,
         **common,
     )
