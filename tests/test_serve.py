@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from serving import start_serve, stop_process, wait_ready
 from slimlab.serve import check_settings, masked, resolve_model
 from slimlab.utils.errors import ConfigError
@@ -102,3 +102,18 @@ def test_sigterm_lets_requests_in_flight_finish(digits_export: Path, tmp_path: P
         assert "Finished server process" in log.read_text()
     finally:
         stop_process(proc)
+
+
+def test_every_serve_setting_has_a_comment() -> None:
+    """configs/serve.yaml: each key under `serve:` says its meaning and range (inline or above)."""
+    lines = (ROOT / "configs" / "serve.yaml").read_text().splitlines()
+    start = lines.index("serve:")
+    bare = [
+        line.strip()
+        for before, line in zip(lines[start:], lines[start + 1 :])
+        if ":" in line
+        and not line.strip().endswith(":")  # a group such as `batching:`
+        and "#" not in line
+        and not before.strip().startswith("#")
+    ]
+    assert not bare, f"serve.yaml keys without a comment: {bare}"

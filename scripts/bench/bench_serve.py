@@ -161,7 +161,9 @@ def newest_export(run: str | None) -> tuple[Path, Path]:
     return ckpt, onnx
 
 
-def start_service(model: str, batching: bool, log: Path) -> tuple[subprocess.Popen, str]:
+def start_service(
+    model: str, batching: bool, log: Path, wait_ms: float = 0.0
+) -> tuple[subprocess.Popen, str]:
     """`python serve.py` on a free loopback port; returns once /ready answers."""
     port = free_port()
     key = "ckpt_path" if model.endswith(".ckpt") else "model_path"
@@ -172,11 +174,17 @@ def start_service(model: str, batching: bool, log: Path) -> tuple[subprocess.Pop
         "serve.host=127.0.0.1",
         f"serve.port={port}",
         f"serve.batching.enabled={str(batching).lower()}",
+        f"serve.batching.max_wait_ms={wait_ms}",
         "serve.log_level=warning",
         "extras.print_config=false",
         f"paths.log_dir={OUT.parent / 'serve_runs'}",
         "hydra.job_logging.root.level=WARNING",
     ]
+    return launch(command, log, port, "/ready")
+
+
+def launch(command: list[str], log: Path, port: int, probe: str) -> tuple[subprocess.Popen, str]:
+    """Start a server process (output to `log`); return once GET `probe` answers 200."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     with open(log, "w") as sink:
         proc = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=env)
@@ -184,16 +192,16 @@ def start_service(model: str, batching: bool, log: Path) -> tuple[subprocess.Pop
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"serve.py exited {proc.returncode}: {log.read_text()[-2000:]}")
+            raise SystemExit(f"{command[1]} exited {proc.returncode}: {log.read_text()[-2000:]}")
         with (
             contextlib.suppress(OSError),
-            urllib.request.urlopen(f"{url}/ready", timeout=2) as answer,
+            urllib.request.urlopen(f"{url}{probe}", timeout=2) as answer,
         ):
             if answer.status == 200:
                 return proc, url
         time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit(f"serve.py never got ready: {log.read_text()[-2000:]}")
+    stop(proc)
+    raise SystemExit(f"{command[1]} never got ready: {log.read_text()[-2000:]}")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -212,7 +220,7 @@ def table(results: dict) -> str:
     ]
     for r in results["levels"]:
         rows.append(
-            f"| {r['backend']} | {'on' if r['batching'] else 'off'} | {r['concurrency']} | "
+            f"| {r['backend']} | {r['batching']} | {r['concurrency']} | "
             f"{r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
             f"{r['errors']} / {r['requests']} |"
         )
@@ -241,18 +249,21 @@ def update_docs(text: str) -> None:
 def full_benchmark(args: argparse.Namespace) -> dict:
     ckpt, onnx = newest_export(args.run)
     OUT.parent.mkdir(parents=True, exist_ok=True)
+    # (backend, batching: "on" (max_wait 0), "on, wait 1 ms" or "off"), model, wait ms
     setups = [
-        (backend, model, batching)
-        for backend, model in (("torch fp32", str(ckpt)), ("ORT int8", str(onnx)))
-        for batching in (True, False)
+        (("torch fp32", "on"), str(ckpt), 0.0),
+        (("torch fp32", "off"), str(ckpt), 0.0),
+        (("ORT int8", "on"), str(onnx), 0.0),
+        (("ORT int8", "on, wait 1 ms"), str(onnx), 1.0),
+        (("ORT int8", "off"), str(onnx), 0.0),
     ]
     services = {}
     load_before = os.getloadavg()[0]
     try:
-        for backend, model, batching in setups:
-            log = OUT.parent / f"serve_{backend.replace(' ', '_')}_{batching}.log"
-            services[(backend, batching)] = start_service(model, batching, log)
-            print(f"started {backend}, batching {batching}: {services[(backend, batching)][1]}")
+        for key, model, wait_ms in setups:
+            log = OUT.parent / f"serve_{key[0]}_{key[1]}.log".replace(" ", "_").replace(",", "")
+            services[key] = start_service(model, key[1] != "off", log, wait_ms)
+            print(f"started {key}: {services[key][1]}")
         samples: dict = {key: {c: [] for c in args.concurrency} for key in services}
         for round_ in range(args.rounds):
             for c in args.concurrency:
@@ -276,16 +287,16 @@ def full_benchmark(args: argparse.Namespace) -> dict:
                         "requests": sum(r["requests"] for r in runs),
                     }
                 )
-        zero = load(services[("ORT int8", True)][1], 8, 10_000, 120.0)
+        zero = load(services[("ORT int8", "on")][1], 8, 10_000, 120.0)
         zero["backend"] = "ORT int8"
     finally:
         for proc, _ in services.values():
             stop(proc)
     by = {(r["backend"], r["batching"], r["concurrency"]): r for r in levels}
     gain = {
-        b: by[(b, True, 32)]["rps"] / by[(b, False, 32)]["rps"]
+        b: by[(b, "on", 32)]["rps"] / by[(b, "off", 32)]["rps"]
         for b in ("torch fp32", "ORT int8")
-        if (b, True, 32) in by and (b, False, 32) in by
+        if (b, "on", 32) in by and (b, "off", 32) in by
     }
     return {
         "levels": levels,
@@ -311,14 +322,20 @@ def main() -> None:
     parser.add_argument("--run", help="the digits_cnn run folder with export/ (full run)")
     parser.add_argument("--api-key", help="send it as a bearer token (--url)")
     parser.add_argument("--update-docs", action="store_true", help="rewrite docs/serving.md")
+    parser.add_argument(
+        "--table-only", action="store_true", help="print (and --update-docs) the last results"
+    )
     args = parser.parse_args()
     if args.url:
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         for c in args.concurrency:
             print(json.dumps(load(args.url, c, args.requests, args.max_seconds, headers=headers)))
         return
-    results = full_benchmark(args)
-    OUT.write_text(json.dumps(results, indent=2))
+    if args.table_only:
+        results = json.loads(OUT.read_text())
+    else:
+        results = full_benchmark(args)
+        OUT.write_text(json.dumps(results, indent=2))
     text = table(results)
     print(text)
     print(f"results: {OUT}")

@@ -185,6 +185,26 @@ def test_protected_metrics_need_the_key(int8_model: Path) -> None:
         assert httpx.get(f"{server.url}/ready").status_code == 200  # probes stay open
 
 
+def test_a_checkpoint_is_served_with_its_drift_reference(
+    digits_ckpt: Path, images: np.ndarray
+) -> None:
+    # the Predictor computes the drift reference from the checkpoint's own training split
+    expected = Predictor.from_checkpoint(digits_ckpt).predict(images[:4]).argmax(axis=1)
+    with ThreadedServer(create_app(ServeSettings(), digits_ckpt), free_port()) as server:
+        answer = httpx.post(f"{server.url}/predict", json={"inputs": images[:4].tolist()})
+        assert answer.status_code == 200, answer.text
+        assert [p["class"] for p in answer.json()["predictions"]] == expected.tolist()
+        assert answer.json()["model"]["format"] == "checkpoint"
+        text = httpx.get(f"{server.url}/metrics").text
+    gauges = {
+        s.name: s.value
+        for family in parser.text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert gauges["slimlab_drift_window_samples"] == 4
+    assert "slimlab_drift_prediction_psi" in gauges and "slimlab_drift_input_shift" in gauges
+
+
 def test_metrics_parse_and_move_with_traffic(client: httpx.Client, images: np.ndarray) -> None:
     before = scrape(client)
     for i in range(6):
