@@ -79,14 +79,17 @@ class Predictor:
 
     # -- building -----------------------------------------------------------------------------
     @classmethod
-    def from_path(cls, path: str | Path) -> Predictor:
-        """`from_checkpoint` for a .ckpt, `from_onnx` for a .onnx file."""
+    def from_path(cls, path: str | Path, threads: int | None = None) -> Predictor:
+        """`from_checkpoint` for a .ckpt, `from_onnx` for a .onnx file (`threads`: its ORT
+        intra-op threads; None: onnxruntime's default)."""
         path = Path(path)
         if path.suffix not in SUFFIXES:
             raise ConfigError(
                 f"model_path={path} has suffix {path.suffix!r}: give one of {sorted(SUFFIXES)} "
                 "(a checkpoint from train.py or an ONNX file from export.py)"
             )
+        if SUFFIXES[path.suffix] == "from_onnx":
+            return cls.from_onnx(path, threads=threads)
         return getattr(cls, SUFFIXES[path.suffix])(path)
 
     @classmethod
@@ -124,8 +127,12 @@ class Predictor:
         )
 
     @classmethod
-    def from_onnx(cls, path: str | Path) -> Predictor:
-        """Run an ONNX file from export.py with onnxruntime; reads export.json beside it."""
+    def from_onnx(cls, path: str | Path, threads: int | None = None) -> Predictor:
+        """Run an ONNX file from export.py with onnxruntime; reads export.json beside it.
+
+        `threads`: onnxruntime intra-op threads (None: its default, one per core, spinning
+        between calls; a service on a few cores wants 1).
+        """
         path = Path(path)
         if not path.is_file():
             raise ConfigError(
@@ -147,7 +154,7 @@ class Predictor:
             ) from exc
         artifact = manifest.get("artifacts", {}).get(path.name, {})
         try:
-            session = onnx_session(str(path))
+            session = onnx_session(str(path), threads)
         except ConfigError:
             raise
         except Exception as exc:  # onnxruntime's InvalidProtobuf, Fail, ...
