@@ -81,7 +81,8 @@ def _array(name: str, value: Any, spec: dict[str, Any], max_batch: int) -> tuple
             f"inputs {name!r} holds {array.shape[0]} samples, over limits.max_batch={max_batch}: "
             "split the batch",
         )
-    array = array.astype(dtype, copy=False)
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused just below
+        array = array.astype(dtype, copy=False)
     if dtype.kind == "f" and not np.isfinite(array).all():
         raise RequestError(
             422, "not_finite", f"inputs {name!r} holds NaN or inf (or overflows {dtype})"
