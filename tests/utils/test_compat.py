@@ -77,19 +77,6 @@ def test_a_fresh_pruner_resumes_a_schedule_where_another_left_it() -> None:
     assert sum(layer_widths(net)[f"features.{i}.0"] for i in (0, 2, 4)) == (16 + 32 + 64) // 2
 
 
-def test_job_return_value_reads_what_a_failed_job_raised_without_reraising(capsys) -> None:
-    import pytest
-    from hydra.core.utils import JobReturn, JobStatus
-
-    error = ValueError("pruned")
-    result = JobReturn(status=JobStatus.FAILED, _return_value=error)
-    assert compat.job_return_value(result) is error
-    assert capsys.readouterr().err == ""
-    with pytest.raises(ValueError, match="pruned"):  # what the public property does instead
-        _ = result.return_value
-    assert compat.job_return_value(JobReturn(status=JobStatus.COMPLETED, _return_value=0.5)) == 0.5
-
-
 def test_loop_batch_applies_the_datamodules_transfer_hooks(tmp_path) -> None:
     import lightning as L
     import torch

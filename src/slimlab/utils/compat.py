@@ -100,13 +100,6 @@ def resume_pruner(pruner: Any, progress: dict[str, Any]) -> None:
     pruner._scope_initial_channels.update(progress["scope_channels"])
 
 
-def job_return_value(result: Any) -> Any:
-    """What a Hydra job returned or raised, without `JobReturn.return_value`'s re-raise (which
-    also writes "Error executing job" to stderr)."""
-    _require_attributes(result, ("_return_value",), "hydra.core.utils.JobReturn")
-    return result._return_value
-
-
 def loop_batch(pl_module: Any, batch: Any, device: Any) -> Any:
     """`batch` as Lightning's loops hand it to `pl_module`: through the module's or the
     datamodule's `on_before_batch_transfer`, `transfer_batch_to_device` and
