@@ -1,17 +1,16 @@
-"""Test a checkpoint: `python eval.py ckpt_path=<file.ckpt>` (see README.md)."""
+"""Test a checkpoint: `python eval.py ckpt_path=<file.ckpt, run folder, best or latest>`."""
 
 import hydra
 from omegaconf import DictConfig
 
 from slimlab.eval import main as eval_main
-from slimlab.utils.errors import exit_on_config_error
+from slimlab.utils.task import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    with exit_on_config_error():
-        eval_main(cfg)
+    eval_main(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

@@ -4,14 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 from slimlab.export import main as export_main
-from slimlab.utils.errors import exit_on_config_error
+from slimlab.utils.task import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="export")
 def main(cfg: DictConfig) -> None:
-    with exit_on_config_error():
-        export_main(cfg)
+    export_main(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

@@ -4,14 +4,13 @@ import hydra
 from omegaconf import DictConfig
 
 from slimlab.train import main as train_main
-from slimlab.utils.errors import exit_on_config_error
+from slimlab.utils.task import run_entry
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    with exit_on_config_error():
-        return train_main(cfg)
+    return train_main(cfg)
 
 
 if __name__ == "__main__":
-    main()
+    run_entry(main)

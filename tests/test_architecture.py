@@ -32,16 +32,7 @@ LAYERS = {
 }
 ENTRIES = {"train", "eval", "export", "serve"}
 # imports that break the rule today, each with who removes it; the test fails once one is gone
-KNOWN = {
-    (
-        "slimlab.eval",
-        "slimlab.train",
-    ): "issue 10: entry moves apply_extras/finish_loggers to utils",
-    (
-        "slimlab.export",
-        "slimlab.train",
-    ): "issue 10: export adopts the task wrapper in utils",
-}
+KNOWN = {}
 
 
 def module_name(path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 from conftest import compose_config, run_cli, run_folders
 from slimlab.eval import evaluate
-from slimlab.train import train
+from slimlab.train import main, train
+from slimlab.utils.compose import CONFIG_DIR
 
 
 def test_fast_dev_run_default(compose_cfg) -> None:
@@ -154,3 +156,69 @@ def test_torch_compile_option_trains_and_keeps_checkpoint_keys(compose_cfg) -> N
     assert float(metrics["test/acc"]) > 0.0
     ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
     assert not any("_orig_mod" in key for key in ckpt["state_dict"]), "compiled keys leaked"
+
+
+def test_precision_64_true_runs(compose_cfg) -> None:
+    """The float32 example input used to meet the float64 model in Lightning's model summary."""
+    metrics, objects = train(compose_cfg(["debug=fdr", "trainer.precision=64-true"]))
+    assert 0.0 <= float(metrics["test/acc"]) <= 1.0
+    assert next(objects["model"].net.parameters()).dtype == torch.float64
+
+
+@pytest.mark.slow
+def test_every_precision_the_trainer_config_lists_runs(compose_cfg) -> None:
+    text = (CONFIG_DIR / "trainer" / "default.yaml").read_text()
+    listed = [p.strip() for p in re.search(r"# one of: ([^(]+)", text).group(1).split(",")]
+    assert "64-true" in listed and "32-true" in listed, listed
+    for precision in listed:
+        metrics, _ = train(compose_cfg(["debug=fdr", f"trainer.precision={precision}"]))
+        assert "test/acc" in metrics, precision
+
+
+def test_resuming_a_finished_run_validates_tests_and_reports_this_runs_files(tmp_path) -> None:
+    common = ["callbacks.rich_progress_bar=null", "logger=none", "trainer.max_epochs=1"]
+    common.append("trainer.limit_train_batches=4")
+    # a last checkpoint kept by Lightning's save_last instead of our model_checkpoint_last
+    own_last = ["callbacks.model_checkpoint_last=null"]
+    own_last.append("callbacks.model_checkpoint.save_last=true")
+    first = compose_config(tmp_path / "first", [*common, *own_last])
+    train(first)
+    first_out = Path(first.paths.output_dir)
+    summary = json.loads((first_out / "metrics.json").read_text())
+    assert summary["last_checkpoint"] == str(first_out / "checkpoints" / "last.ckpt")
+
+    # the README's resume command on a finished run (here by its run folder): nothing is
+    # left to train, so the run validates and tests the checkpoint and returns the metric
+    second = compose_config(tmp_path / "second", [*common, f"ckpt_path={first_out}"])
+    value = main(second)
+    resumed = json.loads((Path(second.paths.output_dir) / "metrics.json").read_text())
+    assert value == pytest.approx(resumed["val"]["acc_best"])
+    assert resumed["test"]["acc"] == pytest.approx(summary["test"]["acc"])
+    assert "finished 1 epochs and trainer.max_epochs=1" in resumed["nothing_left_to_train"]
+    assert resumed["resumed_from"] == str(first_out / "checkpoints" / "last.ckpt")
+    assert resumed["last_checkpoint"] is None  # this run wrote none: not the first run's file
+    assert resumed["best_checkpoint"] is None and resumed["epochs_run"] == 1
+
+
+def test_module_in_lightning_hydra_template_style_trains_tests_and_evals(tmp_path) -> None:
+    """tests/lht_style.py: Hydra builds net and the optimizer/scheduler partials, and the
+    DataModule keeps a ListConfig in its hyper-parameters (the README's walkthrough)."""
+    searchpath = f"hydra.searchpath=[file://{Path(__file__).parent / 'configs'}]"
+    cfg = compose_config(
+        tmp_path,
+        [searchpath, "model=lht_style", "data=lht_style", "trainer.max_epochs=2"]
+        + ["callbacks.rich_progress_bar=null"],
+    )
+    metrics, objects = train(cfg)  # the csv logger logs hyper-parameters of the built module
+    assert isinstance(objects["model"].net, torch.nn.Module)
+    out = Path(cfg.paths.output_dir)
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["params"] == sum(p.numel() for p in objects["model"].net.parameters())
+    saved = torch.load(summary["best_checkpoint"], weights_only=True)
+    assert saved["hyper_parameters"]["net"]["_target_"] == "slimlab.models.nets.SmallCNN"
+    assert saved["hyper_parameters"]["optimizer"]["_partial_"] is True
+    assert saved["datamodule_hyper_parameters"]["train_val_test_split"] == [1257, 270, 270]
+
+    eval_cfg = compose_config(tmp_path / "eval", [f"ckpt_path={out}"], config_name="eval")
+    eval_metrics, _ = evaluate(eval_cfg)
+    assert float(eval_metrics["test/acc"]) == pytest.approx(float(metrics["test/acc"]), abs=1e-4)

@@ -2,6 +2,8 @@
 
     python scripts/bench/bench_bnb_optim.py            # ~2 min on one CPU thread
 
+Results: logs/bench/bnb_optim.json (git-ignored; --out to change), and printed.
+
 A ~10M-parameter MLP (784 -> 2048 -> 2048 -> 2048 -> 10, 10.3M parameters) is trained for
 `--steps` steps on a fixed synthetic classification task (a random teacher labels Gaussian
 inputs) from the same initial weights with each optimizer. Reported: bytes of optimizer state
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import time
 import warnings
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 
 from slimlab.optim import bnb_optimizer
+from slimlab.utils.run_files import bench_results_path, write_json_atomic
 
 
 def build_mlp(width: int = 2048) -> nn.Module:
@@ -73,7 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", default="bench_bnb_optim.json")
+    parser.add_argument("--out", type=Path, default=bench_results_path("bnb_optim"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
@@ -97,7 +99,7 @@ def main() -> None:
     for row in rows:
         row["state_ratio_vs_adamw"] = row["state_bytes"] / base["state_bytes"]
         row["step_time_vs_adamw"] = row["step_ms"] / base["step_ms"]
-    Path(args.out).write_text(json.dumps({"params": params, "rows": rows}, indent=2))
+    write_json_atomic(args.out, {"params": params, "rows": rows})
 
     print(
         f"\n{params / 1e6:.1f}M-parameter MLP, batch {args.batch_size}, {args.steps} steps, "

@@ -35,6 +35,7 @@ import torch
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*})
 from slimlab.train import train
 from slimlab.utils.compose import QUIET, compose_config
+from slimlab.utils.run_files import bench_results_path
 
 
 def run(overrides: list[str], out: Path) -> dict[str, Any]:
@@ -170,7 +171,7 @@ def main() -> None:
     parser.add_argument("--student", nargs="*", default=[], help="extra student overrides")
     parser.add_argument("--recipe", nargs="*", default=[], help="extra recipe overrides")
     parser.add_argument("--skip-recipe", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("logs/bench/distillation.json"))
+    parser.add_argument("--out", type=Path, default=bench_results_path("distillation"))
     parser.add_argument("--work", type=Path, default=None, help="run folders (default: temp)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

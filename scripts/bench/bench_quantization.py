@@ -21,8 +21,8 @@
    sizes (`--large-batch`).
 3. bitsandbytes (`--only bnb`): post-training int8 / NF4 / FP4 linear weights of the digits MLP.
 
-Results go to --out (logs/bench/quantization.json) and are printed as markdown tables (copy
-them into docs/quantization.md).
+Results go to --out as JSON (logs/bench/quantization.json, git-ignored) and are printed as
+markdown tables (copy them into docs/quantization.md).
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ from slimlab.inference.latency import latency_table
 from slimlab.models.base import call_net, logits_of
 from slimlab.utils.compose import QUIET, compose_config
 from slimlab.utils.onnx import TENSOR_INPUT, export_onnx, import_extra, onnx_session
+from slimlab.utils.run_files import bench_results_path
 
 ROOT = Path(__file__).resolve().parents[2]
-OUT = ROOT / "logs" / "bench" / "quantization.json"
 EVAL_QUIET = [o for o in QUIET if not o.startswith("callbacks.")]  # eval.yaml has no callbacks
 
 
@@ -403,7 +403,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (median)")
     parser.add_argument("--large", action="store_true", help="latency of larger random nets")
     parser.add_argument("--large-batch", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=OUT, help="JSON results file")
+    parser.add_argument("--out", type=Path, default=bench_results_path("quantization"))
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     results: dict[str, Any] = {"torch": torch.__version__}

@@ -50,11 +50,11 @@ from slimlab.inference.parity import parity
 from slimlab.inference.predictor import EXPORT_JSON
 from slimlab.inference.runtime import as_feed, onnx_runner, onnx_session, torch_runner
 from slimlab.models.base import count_parameters
-from slimlab.train import apply_extras
 from slimlab.utils.checkpoints import find_best_checkpoint, resolve_checkpoint
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
 from slimlab.utils.run_files import write_json_atomic
+from slimlab.utils.task import apply_extras, task_wrapper
 
 log = get_logger(__name__)
 
@@ -439,6 +439,7 @@ def _versions() -> dict[str, str]:
     return out
 
 
+@task_wrapper
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra task: extras, then export; a failed export prints one message and exits 1."""
     check_settings(cfg)

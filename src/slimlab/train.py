@@ -1,94 +1,152 @@
-"""The train entry: compose, instantiate, fit, test on the best checkpoint, return the metric."""
+"""The train entry: check the config, build, fit, test on the best checkpoint, return the metric.
+
+What happens when, inside `task_wrapper` (slimlab/utils/task.py owns the run's cleanup):
+
+1. Checks that need nothing built: train/test flags, the seed, the checkpoint to resume
+   (`ckpt_path`: a file, a run folder, `latest` or `best`).
+2. Build, in this order: datamodule; model (its config's own `_recursive_` decides whether
+   Hydra builds `net`, `optimizer`, `scheduler` first, as lightning-hydra-template modules
+   expect); the optimizer and scheduler on a dummy parameter (torch checks their values);
+   hyper-parameters a checkpoint could not store; callbacks; compression callbacks;
+   loggers; trainer. Constructors check their arguments, and a library's complaint is
+   reported with its config key. Nothing heavy has run yet, and nothing is printed.
+3. The config tree is printed (extras) and hyper-parameters are logged.
+4. fit, resuming from `ckpt_path`; when that checkpoint has nothing left to train, the run
+   says so and validates it instead.
+5. test: this run's best checkpoint (or the resumed one when nothing was trained).
+6. metrics.json (rank 0): val/test metrics, this run's best, last and tested checkpoints,
+   params, wall time, the compression report.
+7. `main` returns `optimized_metric` for sweeps.
+"""
 
 from __future__ import annotations
 
-import sys
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*} before Hydra composes)
 from slimlab.callbacks.optuna_pruning import end_if_pruned
+from slimlab.callbacks.plain_hparams import PlainHyperparameters, check_hparams
 from slimlab.compression import check_compression_order
 from slimlab.models.base import count_parameters
-from slimlab.utils.checkpoints import resolve_checkpoint
+from slimlab.utils.checkpoints import (
+    nothing_left_to_train,
+    resolve_checkpoint,
+    training_progress,
+)
 from slimlab.utils.ddp import distributed_job, install_hydra_ddp_launcher
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.instantiate import (
+    build,
+    check_optimizer_config,
     instantiate_callbacks,
     instantiate_loggers,
-    log_hyperparameters,
+    instantiate_trainer,
 )
 from slimlab.utils.logging import get_logger
-from slimlab.utils.rich_utils import print_config_tree
-from slimlab.utils.run_files import write_json_atomic
+from slimlab.utils.task import apply_extras, run_config, task_wrapper, write_summary
 
 log = get_logger(__name__)
 
 
-def apply_extras(cfg: DictConfig) -> None:
-    """Optional start-up utilities from the `extras` group."""
-    extras = cfg.get("extras") or {}
-    if extras.get("ignore_warnings"):
-        warnings.filterwarnings("ignore")
-    if extras.get("print_config"):
-        output_dir = cfg.paths.get("output_dir")
-        print_config_tree(
-            cfg, save_to=Path(output_dir) / "config_tree.log" if output_dir else None
-        )
-
-
-def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved run config as plain containers (stored in checkpoints, logged)."""
-    keys = [k for k in cfg if k != "hydra"]
-    plain = OmegaConf.to_container(OmegaConf.masked_copy(cfg, keys), resolve=True)
-    assert isinstance(plain, dict)
-    return plain
-
-
-def finish_loggers() -> None:
-    """End the W&B run of this job (a multirun starts the next job's own run)."""
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
-
-
-def _checkpoint_epoch(path: str) -> int | None:
+def _checkpoint_epoch(path: str | None) -> int | None:
     if not path:
         return None
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
+def _net_or_module(model: L.LightningModule) -> torch.nn.Module:
+    net = getattr(model, "net", None)
+    return net if isinstance(net, torch.nn.Module) else model
+
+
+def log_hyperparameters(
+    run: dict[str, Any], model: L.LightningModule, loggers: list[Logger]
+) -> None:
+    """Send the resolved config and the parameter counts to every logger (any module)."""
+    if not loggers:
+        return
+    params = dict(run)
+    params["model/params/total"] = count_parameters(model)
+    params["model/params/trainable"] = sum(
+        p.numel() for p in model.parameters() if p.requires_grad
+    )
+    params["model/params/net"] = count_parameters(_net_or_module(model))
+    for logger in loggers:
+        logger.log_hyperparams(params)
+
+
+def _this_run(path: str | None, output_dir: str) -> str | None:
+    """`path` if it is an existing file inside this run's folder, else None."""
+    if not path or not Path(path).is_file():
+        return None
+    inside = Path(path).resolve().is_relative_to(Path(output_dir).resolve())
+    return str(path) if inside else None
+
+
+def last_checkpoint(trainer: L.Trainer, output_dir: str) -> str | None:
+    """The newest checkpoint this run wrote that continues it: a `save_last` file or the
+    file of a checkpoint callback that monitors nothing (`last.ckpt` in our configs)."""
+    candidates = []
+    for cb in trainer.checkpoint_callbacks:
+        if isinstance(cb, ModelCheckpoint):
+            candidates.append(cb.last_model_path)
+            if cb.monitor is None:
+                candidates.append(cb.best_model_path)
+    found = [p for p in (_this_run(c, output_dir) for c in candidates) if p]
+    return max(found, key=lambda p: Path(p).stat().st_mtime) if found else None
+
+
+def _check_seed(seed: Any) -> None:
+    require(
+        seed is None or (isinstance(seed, int) and not isinstance(seed, bool)),
+        f"seed={seed!r} is not an integer: give an integer seed, or seed=null for none",
+    )
+
+
+@task_wrapper
 def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train (and test) the model `cfg` describes; return (metrics, built objects)."""
     require(
         cfg.get("train") or cfg.get("test"),
         "train=false and test=false leaves nothing to do: set train=true or test=true",
     )
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
-    install_hydra_ddp_launcher()
+    _check_seed(cfg.get("seed"))
     ckpt_path = resolve_checkpoint(
         cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, cfg.get("name", "default")
     )
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    install_hydra_ddp_launcher()
 
-    log.info(f"Instantiating datamodule <{cfg.data._target_}>")
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
-    log.info(f"Instantiating model <{cfg.model._target_}>")
-    model = instantiate(cfg.model, _recursive_=False)
-    model.run_config = run_config(cfg)
+    run = run_config(cfg)
+    datamodule: L.LightningDataModule = build(cfg.data, "data")
+    model: L.LightningModule = build(cfg.model, "model")  # honours the config's _recursive_
+    model.run_config = run
+    check_optimizer_config(cfg.model)
+    check_hparams(model, datamodule, run)
     callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    callbacks += instantiate_callbacks(cfg.get("compression"))
+    callbacks += instantiate_callbacks(cfg.get("compression"), group="compression")
     check_compression_order(callbacks)
+    callbacks.append(PlainHyperparameters(run))
     loggers = instantiate_loggers(cfg.get("logger"))
-    log.info(f"Instantiating trainer <{cfg.trainer._target_}>")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate_trainer(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False
+    )
+    if model.example_input_array is not None:  # Lightning's summary skips the precision cast
+        model.example_input_array = trainer.precision_plugin.convert_input(
+            model.example_input_array
+        )
+    finished = None
+    if cfg.get("train") and ckpt_path is not None:
+        finished = nothing_left_to_train(ckpt_path, trainer.max_epochs, trainer.max_steps)
     objects = {
         "cfg": cfg,
         "datamodule": datamodule,
@@ -97,50 +155,59 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         "logger": loggers,
         "trainer": trainer,
     }
-    log_hyperparameters(cfg, model, loggers)
+    log.info(
+        f"Built <{type(datamodule).__name__}>, <{type(model).__name__}>, "
+        f"{len(callbacks)} callbacks, {len(loggers)} logger(s), trainer"
+    )
+    apply_extras(cfg)
+    log_hyperparameters(run, model, loggers)
 
     start = time.perf_counter()
     metrics: dict[str, Any] = {}
-    try:
-        if cfg.get("train"):
-            log.info("Starting training")
-            trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
-            if end_if_pruned(callbacks, trainer):  # a sweep's pruner stopped it; rank 0 raised
-                return dict(trainer.callback_metrics), objects
+    trains = bool(cfg.get("train")) and finished is None
+    if trains:
+        log.info("Starting training")
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if end_if_pruned(callbacks, trainer):  # a sweep's pruner stopped it; rank 0 raised
+            return dict(trainer.callback_metrics), objects
+        metrics.update(trainer.callback_metrics)
+    elif finished is not None:
+        log.warning(f"Nothing left to train: {finished}. Validating and testing it instead.")
+        trainer.validate(model=model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics.update(trainer.callback_metrics)
 
-        best_path = ""
-        if trainer.checkpoint_callback is not None:
-            best_path = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
-        if cfg.get("test"):
-            log.info("Starting testing")
-            if not best_path:
-                log.warning("No best checkpoint found: testing the current weights")
-            trainer.test(model=model, datamodule=datamodule, ckpt_path=best_path or None)
-            metrics.update(trainer.callback_metrics)
-        wall_time = time.perf_counter() - start
+    # read before testing: trainer.test restores the callbacks' state from the tested file
+    best_path = None
+    if trains and trainer.checkpoint_callback is not None:
+        best_path = _this_run(trainer.checkpoint_callback.best_model_path, cfg.paths.output_dir)
+    last_path = last_checkpoint(trainer, cfg.paths.output_dir)
+    tested = best_path if trains else ckpt_path  # None: the weights in memory
+    if cfg.get("test"):
+        log.info("Starting testing")
+        if not tested:
+            log.warning("No best checkpoint found: testing the current weights")
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=tested or None)
+        metrics.update(trainer.callback_metrics)
+    wall_time = time.perf_counter() - start
 
-        if trainer.is_global_zero:
-            last_path = next(
-                (c.best_model_path for c in trainer.checkpoint_callbacks if c.monitor is None),
-                "",
-            )
-            summary = {
-                "val": {k[4:]: v for k, v in metrics.items() if k.startswith("val/")},
-                "test": {k[5:]: v for k, v in metrics.items() if k.startswith("test/")},
-                "best_epoch": _checkpoint_epoch(best_path),
-                "best_checkpoint": best_path or None,
-                "last_checkpoint": last_path or None,
-                "params": count_parameters(model.net),
-                "wall_time_s": round(wall_time, 3),
-                "epochs_run": trainer.current_epoch,
-            }
-            report = getattr(model, "compression_report", None)
-            if report:
-                summary["compression"] = report
-            write_json_atomic(Path(cfg.paths.output_dir) / "metrics.json", summary)
-    finally:
-        finish_loggers()
+    if trainer.is_global_zero:
+        fields: dict[str, Any] = {
+            "best_epoch": _checkpoint_epoch(best_path),
+            "best_checkpoint": best_path,
+            "last_checkpoint": last_path,
+            "tested_checkpoint": tested if cfg.get("test") else None,
+            "resumed_from": ckpt_path,
+            "params": count_parameters(_net_or_module(model)),
+            "wall_time_s": round(wall_time, 3),
+            "epochs_run": trainer.current_epoch,
+        }
+        if finished is not None:
+            fields["nothing_left_to_train"] = finished
+            fields["epochs_run"] = training_progress(ckpt_path)["epochs"]
+        report = getattr(model, "compression_report", None)
+        if report:
+            fields["compression"] = report
+        write_summary(cfg, metrics, **fields)
     return metrics, objects
 
 
@@ -158,8 +225,7 @@ def optimized_metric(cfg: DictConfig, metrics: dict[str, Any]) -> float | None:
 
 
 def main(cfg: DictConfig) -> float | None:
-    """Hydra task: extras, train, return the optimized metric (for sweeps)."""
-    apply_extras(cfg)
+    """Hydra task: train, return the optimized metric (for sweeps)."""
     with distributed_job():
         metrics, _ = train(cfg)
     return optimized_metric(cfg, metrics)

@@ -221,6 +221,7 @@ def test_offline_error_names_directory_and_files(tmp_path, download) -> None:
     for name in [cifar10.ARCHIVE, cifar10.FOLDER, *cifar10.TRAIN_BATCHES, cifar10.TEST_BATCH]:
         assert name in message
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
+    assert f"To stage it by hand, put {cifar10.ARCHIVE} (MD5 {cifar10.ARCHIVE_MD5}" in message
     assert not target.exists() or not any(target.iterdir())
 
 

@@ -175,8 +175,8 @@ def test_offline_error_names_directory_and_files(tmp_path, download) -> None:
         dm.setup()
     message = str(info.value)
     assert str(target) in message
-    for name in mnist.MD5:
-        assert name in message
+    for name, md5 in mnist.MD5.items():
+        assert f"{name} (MD5 {md5})" in message  # what to stage by hand, and its checksum
     assert "ossci-datasets.s3.amazonaws.com/mnist" in message
     assert "\n" not in message
     assert not target.exists() or not any(target.iterdir()), "nothing half-written is left"

@@ -73,7 +73,7 @@ RUNS: dict[str, list[str]] = {
         "trainer=gpu",
         "experiment=digits_distill",
         "compression.distill.teacher_ckpt={teacher}",
-        "compression.distill.report_latency=false",
+        "compression.distill.report.latency=false",
     ],
     "recipe": [  # experiment=digits_compress, its schedule shortened as tests/compression does
         "trainer=gpu",
@@ -85,7 +85,7 @@ RUNS: dict[str, list[str]] = {
         "compression.qat.start_epoch=3",
         "compression.qat.freeze_bn_epoch=4",
         "compression.qat.freeze_observer_epoch=4",
-        "compression.distill.report_latency=false",
+        "compression.distill.report.latency=false",
         "compression.distill.teacher_ckpt={teacher}",
     ],
     # strategies

@@ -154,11 +154,11 @@ class CIFAR10DataModule(DownloadedDataModule):
 
     def _missing_error(self, reason: str) -> ConfigError:
         return ConfigError(
-            f"CIFAR-10 is missing from {self.data_dir} and {reason}. Put {ARCHIVE} "
-            f"(MD5 {ARCHIVE_MD5}, from {URLS[0]}) in that directory, or the folder {FOLDER}/ "
-            f"unpacked from it, holding {', '.join(TRAIN_BATCHES)} and {TEST_BATCH}; or set "
-            "data.data_dir to a directory that has them, or set data.download=true on a machine "
-            "with network access."
+            f"CIFAR-10 is missing from {self.data_dir} and {reason}. To stage it by hand, put "
+            f"{ARCHIVE} (MD5 {ARCHIVE_MD5}, from {URLS[0]}) in that directory, or the folder "
+            f"{FOLDER}/ unpacked from it, holding {', '.join(TRAIN_BATCHES)} and {TEST_BATCH}; "
+            "or set data.data_dir to a directory that has them, or set data.download=true on a "
+            "machine with network access."
         )
 
     @override

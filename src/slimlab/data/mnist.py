@@ -120,10 +120,11 @@ class MNISTDataModule(DownloadedDataModule):
             )
 
     def _missing_error(self, missing: list[str], reason: str) -> ConfigError:
+        files = ", ".join(f"{name} (MD5 {md5})" for name, md5 in MD5.items())
         return ConfigError(
             f"MNIST is missing from {self.data_dir} ({', '.join(missing)}) and {reason}. "
-            f"Put these four files in that directory: {', '.join(MD5)} (gzipped, or unpacked "
-            "without the .gz suffix). They are published at "
+            f"To stage it by hand, put these four files in that directory: {files} (gzipped, "
+            "or unpacked without the .gz suffix). They are published at "
             f"{' and '.join(MIRRORS)}; or set data.data_dir to a directory that has them, or "
             "set data.download=true on a machine with network access."
         )

@@ -206,4 +206,15 @@ def load_module(ckpt_path: str, model_class: str | None = None) -> SlimModule:
     cls = get_class(target)
     if not (isinstance(cls, type) and issubclass(cls, SlimModule)):
         raise ConfigError(f"model_class={target} is not a slimlab.models.SlimModule subclass")
+    model_cfg = run.get("model") or {}
+    built_args = any(isinstance(v, dict) and "_target_" in v for v in model_cfg.values())
+    if model_class is None and built_args and model_cfg.get("_recursive_", True):
+        # Hydra built its arguments (net, optimizer partials: lightning-hydra-template's
+        # style); the checkpoint holds their configs, so rebuild the module the same way
+        from hydra.utils import instantiate
+
+        module = instantiate(model_cfg)
+        module.on_load_checkpoint(checkpoint)
+        module.load_state_dict(checkpoint["state_dict"])
+        return module
     return cls.load_from_checkpoint(ckpt_path, map_location="cpu", weights_only=True)

@@ -8,9 +8,16 @@ from omegaconf import DictConfig, OmegaConf
 
 
 def to_plain(value: Any) -> Any:
-    """Resolve an OmegaConf node into plain dicts/lists (checkpoints must not pickle it)."""
+    """Resolve OmegaConf nodes into plain dicts/lists, also inside dicts, lists and tuples
+    (checkpoints must not pickle them)."""
     if isinstance(value, DictConfig) or OmegaConf.is_list(value):
         return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [to_plain(v) for v in value]
+    if type(value) is tuple:
+        return tuple(to_plain(v) for v in value)
     return value
 
 

@@ -27,6 +27,12 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def bench_results_path(name: str) -> Path:
+    """Where benchmark `name` keeps its results: `logs/bench/<name>.json` (git-ignored), under
+    SLIMLAB_ROOT when set, else under the working directory, like every run folder."""
+    return Path(os.environ.get("SLIMLAB_ROOT", ".")) / "logs" / "bench" / f"{name}.json"
+
+
 def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
     """Write `data` as JSON to `path` through a temporary file and an atomic rename."""
     path = Path(path)
