@@ -17,6 +17,7 @@ from torch import nn
 from slimlab.compression.pt2e import (
     convert_int8,
     float_view,
+    observe_once,
     prepare_qat,
     set_qat_state,
 )
@@ -81,6 +82,7 @@ class Positions(nn.Module):
 def test_prepared_and_int8_graphs_follow_the_device_of_their_input() -> None:
     example = {"input_ids": torch.zeros(1, 6, dtype=torch.long)}
     prepared = prepare_qat(Positions(), example)
+    observe_once(prepared, example)  # ranges to convert with, as training leaves them
     int8 = convert_int8(prepared)
     for net in (prepared, int8):  # the meta device: anything pinned to the CPU would fail
         moved = net.to("meta")
@@ -126,7 +128,7 @@ class ViTBlockNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.patches(x).flatten(2).transpose(1, 2)
-        tokens = torch.cat([self.cls.expand(len(x), -1, -1), tokens], 1) + self.position
+        tokens = torch.cat([self.cls.expand(x.shape[0], -1, -1), tokens], 1) + self.position
         b, n, d = tokens.shape
         q, k, v = self.qkv(self.norm1(tokens)).view(b, n, 3, self.heads, -1).unbind(2)
         attended = F.scaled_dot_product_attention(*(t.transpose(1, 2) for t in (q, k, v)))
@@ -194,7 +196,7 @@ def test_transformers_train_with_qat_and_run_int8_in_onnxruntime(
 ) -> None:
     torch.manual_seed(0)
     if model == "vit_block":
-        net, (x, y, xt, yt), epochs = ViTBlockNet(), digits(), 8
+        net, (x, y, xt, yt), epochs = ViTBlockNet(), digits(), 15
     else:  # dict inputs with an integer attention mask, an output object holding logits
         net, epochs = tiny_bert(), 15
         (x, y), (xt, yt) = tokens(512, seed=0), tokens(256, seed=1)
