@@ -128,7 +128,7 @@ class ViT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.patches(x).flatten(2).transpose(1, 2)
-        t = torch.cat([self.cls.expand(len(x), -1, -1), t], 1) + self.position
+        t = torch.cat([self.cls.expand(x.shape[0], -1, -1), t], 1) + self.position
         b, n, d = t.shape
         for block in self.blocks:
             qkv = block["qkv"](block["norm1"](t)).view(b, n, 3, self.heads, -1).unbind(2)
