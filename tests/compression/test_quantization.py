@@ -12,7 +12,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import compose_config, run_cli, run_folders
 from slimlab.compression.pt2e import convert_int8, prepare_qat
-from slimlab.compression.quantization import QuantizationAwareTraining, qat_stage
+from slimlab.compression.quantization import (
+    QuantizationAwareTraining,
+    qat_stage,
+    restore_quantization,
+)
 from slimlab.data import DigitsDataModule
 from slimlab.eval import evaluate
 from slimlab.models import ImageClassifier
@@ -154,6 +158,16 @@ def test_residual_network_converts_for_each_backend(backend: str) -> None:
 def test_bad_arguments_fail_when_built(kwargs: dict, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
         QuantizationAwareTraining(**kwargs)
+
+
+def test_a_checkpoint_of_the_former_fx_stack_is_refused_saying_what_to_do() -> None:
+    model = ImageClassifier(
+        net={"_target_": "slimlab.models.nets.SmallCNN", "widths": [8, 16]},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+    )
+    fx_entry = {"kind": "qat", "stage": "convert", "backend": "x86", "bits": 8}  # no "stack"
+    with pytest.raises(ConfigError, match="former torch.ao FX stack.*train it again"):
+        restore_quantization(model, fx_entry)
 
 
 def test_start_epoch_after_max_epochs_fails_before_training(tmp_path: Path) -> None:
