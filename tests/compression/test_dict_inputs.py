@@ -5,6 +5,8 @@ measuring module and every compression callback's setup path run on it with its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -113,21 +115,27 @@ def test_pruning_setup_and_a_step_on_token_inputs() -> None:
     assert out.shape == (3, CLASSES)
 
 
-def test_qat_trains_and_converts_a_net_that_multiplies_an_integer_mask(tmp_path) -> None:
-    # PT2E quantizes the inputs of convolutions and linear layers only: the integer mask the
-    # net multiplies into its activations stays an integer (torch.ao FX observed it and failed)
-    model = text_module()
-    trainer = L.Trainer(
+def one_epoch_trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> L.Trainer:
+    """A quiet one-epoch trainer: 2 training batches, 1 validation batch (`kwargs` override)."""
+    settings = {"limit_val_batches": 1, **kwargs}
+    return L.Trainer(
         max_epochs=1,
         limit_train_batches=2,
-        limit_val_batches=1,
-        callbacks=[QuantizationAwareTraining(report=False)],
+        callbacks=callbacks,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         default_root_dir=tmp_path,
+        **settings,
     )
+
+
+def test_qat_trains_and_converts_a_net_that_multiplies_an_integer_mask(tmp_path) -> None:
+    # PT2E quantizes the inputs of convolutions and linear layers only: the integer mask the
+    # net multiplies into its activations stays an integer (torch.ao FX observed it and failed)
+    model = text_module()
+    trainer = one_epoch_trainer(tmp_path, [QuantizationAwareTraining(report=False)])
     trainer.fit(model, loader(), loader())
     assert qat_stage(model) == "convert"
     assert any(b.dtype == torch.int8 for b in model.net.buffers())  # int8 weights
@@ -143,16 +151,8 @@ def test_distillation_trains_on_token_inputs_and_object_outputs(tmp_path) -> Non
 
     model = text_module(dim=8)
     distill = KnowledgeDistillation(teacher_net={**NET, "dim": 16, "hidden": 64}, report=False)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        callbacks=[distill, BitsAndBytesWeights(mode="int8", report={"repeats": 2})],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    bnb = BitsAndBytesWeights(mode="int8", report={"repeats": 2})
+    trainer = one_epoch_trainer(tmp_path, [distill, bnb], limit_val_batches=None)
     trainer.fit(model, loader(), loader())
     assert float(trainer.callback_metrics["train/kd"]) > 0
     trainer.test(model, loader())
