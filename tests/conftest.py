@@ -143,3 +143,36 @@ def digits_export(digits_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -
     export(cfg)
     GlobalHydra.instance().clear()
     return out
+
+
+@pytest.fixture(scope="session")
+def digits_qat_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The int8 checkpoint of a short QAT digits CNN run (2 fp32 + 3 QAT epochs, widths 16/32);
+    the QAT-prepared checkpoint of the same epoch lies beside it without the -int8 suffix."""
+    from slimlab.train import train
+
+    tmp = tmp_path_factory.mktemp("digits_qat_ckpt")
+    overrides = [*DIGITS_TINY, "trainer.max_epochs=5", "test=false", "name=digits_qat_tiny"]
+    overrides += ["compression=qat", "compression.qat.start_epoch=2"]
+    overrides += ["compression.qat.report=false"]
+    _, objects = train(compose_config(tmp, overrides))
+    GlobalHydra.instance().clear()
+    best = Path(objects["trainer"].checkpoint_callback.best_model_path)
+    assert best.name.endswith("-int8.ckpt"), best
+    return best
+
+
+@pytest.fixture(scope="session")
+def digits_qat_export(digits_qat_ckpt: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """export.py's folder for `digits_qat_ckpt` (no `quantize`: a QAT checkpoint is int8)."""
+    from slimlab.export import export
+
+    out = tmp_path_factory.mktemp("digits_qat_export") / "export"
+    cfg = compose_config(
+        out.parent,
+        [f"ckpt_path={digits_qat_ckpt}", f"output_dir={out}", "latency.rounds=2"],
+        config_name="export",
+    )
+    export(cfg)
+    GlobalHydra.instance().clear()
+    return out

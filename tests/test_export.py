@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,14 +75,11 @@ def test_bad_checkpoints_are_named(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_qat_and_bnb_checkpoints_are_refused_with_the_reason(compose_cfg) -> None:
+def test_bnb_checkpoints_are_refused_with_the_reason(compose_cfg) -> None:
     from hydra.utils import instantiate
 
     module = instantiate(compose_cfg([]).model, _recursive_=False)
-    module.structure_log.append({"kind": "qat", "stage": "convert", "backend": "x86"})
-    with pytest.raises(ConfigError, match="torch.ao FX, whose int8 modules do not export to ONNX"):
-        refuse_unexportable(module, Path("run.ckpt"))
-    module.structure_log[-1] = {"kind": "bnb", "mode": "nf4"}
+    module.structure_log.append({"kind": "bnb", "mode": "nf4"})
     with pytest.raises(ConfigError, match="bitsandbytes"):
         refuse_unexportable(module, Path("run.ckpt"))
 
@@ -243,3 +241,60 @@ def test_pruned_and_distilled_checkpoints_export(
         assert (out / name).is_file()
     x = np.random.default_rng(0).normal(size=(8, 1, 8, 8)).astype(np.float32)
     assert ORT_INT8_KERNELS & ort_kernels(out / "model.int8.onnx", x)
+
+
+# -- QAT: the checkpoint's own int8 network and scales -------------------------------------------
+def onnx_constants(path: Path) -> tuple[Any, dict[str, np.ndarray]]:
+    """The ONNX graph and every constant it holds (initializers and Constant nodes), by name."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    return model.graph, constants
+
+
+def first_conv_weight_fake_quant(net: torch.fx.GraphModule) -> Any:
+    """The fake quantizer of the first convolution's weight in a QAT-prepared graph."""
+    conv = next(n for n in net.graph.nodes if n.target == torch.ops.aten.conv2d.default)
+    node = conv.args[1]
+    while node.op != "call_module":  # through the simulated conv-bn fusion's scaling
+        node = next(a for a in node.args if isinstance(a, torch.fx.Node))
+    return net.get_submodule(node.target)
+
+
+@pytest.mark.slow
+def test_qat_checkpoint_exports_its_own_int8_network_and_learned_scales(
+    digits_qat_ckpt: Path, digits_qat_export: Path
+) -> None:
+    from slimlab.models.base import load_module
+
+    manifest = json.loads((digits_qat_export / "export.json").read_text())
+    assert manifest["passed"] and manifest["checkpoint"] == str(digits_qat_ckpt)
+    artifacts = manifest["artifacts"]
+    int8, fp32, pt2 = (artifacts[n] for n in ("model.int8.onnx", "model.onnx", "model.pt2"))
+    assert int8["quantization"]["calibration"].startswith("none")  # not recalibrated
+    assert int8["precision"] == pt2["precision"] == "int8"
+    # onnxruntime's int8 kernels answer as the int8 checkpoint does, at its accuracy
+    assert int8["parity"]["reference"] == "torch int8"
+    assert int8["parity"]["top1_agreement"] >= 0.99
+    assert abs(int8["parity"]["accuracy"] - int8["parity"]["accuracy_torch"]) <= 0.01
+    assert pt2["parity"]["top1_agreement"] == 1.0
+    assert fp32["parity"]["reference"] == "torch fp32" and fp32["passed"]
+    x = np.random.default_rng(0).normal(size=(4, 1, 8, 8)).astype(np.float32)
+    assert {"QLinearConv"} <= ort_kernels(digits_qat_export / "model.int8.onnx", x)
+
+    # the scales are the ones QAT learned: those of the QAT network of the same epoch
+    prepared = load_module(str(digits_qat_ckpt).replace("-int8.ckpt", ".ckpt")).net
+    graph, constants = onnx_constants(digits_qat_export / "model.int8.onnx")
+    first_q = next(n for n in graph.node if n.op_type == "QuantizeLinear")
+    input_scale = float(np.asarray(constants[first_q.input[1]]).ravel()[0])
+    assert input_scale == pytest.approx(float(prepared.activation_post_process_0.scale), rel=1e-6)
+    conv = next(n for n in graph.node if n.op_type == "Conv")
+    weight_dq = next(n for n in graph.node if n.output[0] == conv.input[1])
+    onnx_weight_scales = np.asarray(constants[weight_dq.input[1]])
+    learned = first_conv_weight_fake_quant(prepared).scale.numpy()
+    np.testing.assert_allclose(onnx_weight_scales, learned, rtol=0.01)

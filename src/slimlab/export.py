@@ -6,14 +6,17 @@ Timeline of `python export.py ckpt_path=<file>`:
 2. the checkpoint is resolved (a path, `latest`, `best`), the output folder chosen
    (`<run>/export/` beside `checkpoints/`, or `output_dir=`) and the files to write listed;
    any that exists stops the export unless `overwrite=true`, and nothing is touched;
-3. the checkpoint is opened into its own (dense, pruned, distilled) network; kinds that cannot
-   export yet are refused with the reason (QAT int8 on torch.ao FX, bitsandbytes weights);
+3. the checkpoint is opened into its own (dense, pruned, distilled, QAT) network; kinds that
+   cannot export are refused with the reason (bitsandbytes weights). A QAT checkpoint gives
+   two networks: its int8 one (converted, with the scales QAT learned) and that network's
+   fp32 view (no activation quantization, dequantized weights);
 4. its data config gives the preprocessing, the training split's drift reference and
    calibration batches, and the test split for parity;
 5. each artifact is written under a temporary name: `model.onnx` (dynamo exporter),
-   `model.int8.onnx` (onnxruntime static quantization, QDQ), `model.pt2` (torch.export; skipped
-   with the reason where it cannot export); each is compared with the PyTorch model on the test
-   split and timed (interleaved medians, one thread);
+   `model.int8.onnx` (a QAT checkpoint's own int8 network, QDQ; else onnxruntime static
+   quantization of model.onnx), `model.pt2` (torch.export; skipped with the reason where it
+   cannot export); each is compared with the PyTorch network it came from on the test split
+   and timed (interleaved medians, one thread);
 6. passing artifacts take their names, failing ones `<name>.failed`; `export.json` records
    everything; a parity failure exits 1 with the numbers.
 """
@@ -31,6 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 import slimlab.utils.resolvers  # noqa: F401  (registers ${slimlab.*} before Hydra composes)
+from slimlab.compression.pt2e import REDUCED_RANGE_BACKENDS, convert_int8, float_view
 from slimlab.inference.checkpoint import datamodule_of, open_checkpoint
 from slimlab.inference.data import describe_data, input_spec, model_batches
 from slimlab.inference.exporters import (
@@ -58,13 +62,8 @@ FORMATS = ("all", "onnx", "pt2")
 QUANTIZE = (None, "int8")
 OPSETS = range(18, 24)
 FP32, INT8, PT2 = "model.onnx", "model.int8.onnx", "model.pt2"
-# structure kinds whose network no exporter takes yet, and why
+# structure kinds whose network no exporter takes, and why
 UNEXPORTABLE = {
-    "qat": (
-        "it holds a QAT network on torch.ao FX, whose int8 modules do not export to ONNX "
-        "(docs/quantization.md: QAT moves to torchao PT2E, which does). Export a float "
-        "checkpoint (dense, pruned or distilled) with quantize=int8 instead"
-    ),
     "bnb": (
         "it holds bitsandbytes 8/4-bit linear layers, which no ONNX exporter handles. Export "
         "the checkpoint saved before bnb_weights, with quantize=int8 for int8"
@@ -174,12 +173,13 @@ def output_folder(cfg: DictConfig, ckpt: Path) -> Path:
     return run / "export"
 
 
-def planned_files(settings: dict[str, Any]) -> list[str]:
-    """The artifact names this export writes (export.json comes on top)."""
+def planned_files(settings: dict[str, Any], qat: bool = False) -> list[str]:
+    """The artifact names this export writes (export.json comes on top); a QAT checkpoint is
+    int8 already, so it writes model.int8.onnx whatever `quantize` says."""
     files = []
     if settings["format"] in ("all", "onnx"):
         files.append(FP32)
-        if settings["quantize"] == "int8":
+        if settings["quantize"] == "int8" or qat:
             files.append(INT8)
     if settings["format"] in ("all", "pt2"):
         files.append(PT2)
@@ -201,6 +201,31 @@ def refuse_existing(folder: Path, names: list[str], overwrite: bool) -> None:
         )
 
 
+def holds_qat(ckpt: Path) -> bool:
+    """Whether the checkpoint records QAT (read cheaply, before the network is rebuilt; a file
+    that cannot be read is reported by `open_checkpoint`)."""
+    try:
+        saved = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+        entries = (saved.get("slimlab") or {}).get("structure") or []
+    except Exception:
+        return False
+    return any(isinstance(e, dict) and e.get("kind") == "qat" for e in entries)
+
+
+def export_networks(module: Any) -> tuple[torch.nn.Module, torch.nn.Module | None, str | None]:
+    """(fp32 network, int8 network or None, QAT backend or None) to export from `module`.
+
+    A float checkpoint is its own fp32 network. A QAT checkpoint's int8 network is the
+    converted graph (converted here from a QAT-prepared checkpoint), carrying the scales QAT
+    learned; its fp32 network is that graph's fp32 view.
+    """
+    entries = [e for e in module.structure_log if e.get("kind") == "qat"]
+    if not entries:
+        return module.net.eval(), None, None
+    int8 = module.net if entries[-1]["stage"] == "convert" else convert_int8(module.net)
+    return float_view(int8).eval(), int8.eval(), entries[-1].get("backend")
+
+
 def refuse_unexportable(module: Any, ckpt: Path) -> None:
     """Refuse checkpoints whose network no exporter here can take, saying why."""
     for entry in module.structure_log:
@@ -215,7 +240,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     ckpt = resolve_ckpt(cfg)
     folder = output_folder(cfg, ckpt)
-    names = planned_files(settings)
+    names = planned_files(settings, qat=holds_qat(ckpt))
     refuse_existing(folder, names, bool(cfg.get("overwrite")))
     log.info(f"Loading <{ckpt}>")
     module = open_checkpoint(ckpt, cfg.get("model_class"))
@@ -225,7 +250,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     datamodule = datamodule_of(module, data_cfg)
     num_classes = int(module.hparams.get("num_classes", 0))
     described = describe_data(datamodule, num_classes)
-    net, example = module.net.eval(), module.example_input_array
+    net, int8_net, backend = export_networks(module)
+    example = module.example_input_array
     tests = [
         (as_feed(x), y.numpy())
         for x, y in model_batches(datamodule, "test", settings["parity_batches"])
@@ -237,7 +263,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     temporary = {name: folder / f".tmp.{name}" for name in names}
     try:
         manifest, torch_latency = _write_artifacts(
-            settings, net, example, datamodule, tests, temporary
+            settings, (net, int8_net, backend), example, datamodule, tests, temporary
         )
     except BaseException:
         for path in temporary.values():
@@ -255,8 +281,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "name": run.get("name"),
         "checkpoint": str(ckpt),
         "model_class": type(module).__module__ + "." + type(module).__name__,
-        "net": type(net).__name__,
-        "params": count_parameters(net),
+        "net": type(module.net).__name__,
+        "params": count_parameters(module.net),
         "num_classes": num_classes,
         "inputs": input_spec(example, described["preprocessing"]),
         "preprocessing": described["preprocessing"],
@@ -264,7 +290,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         "settings": {k: v for k, v in settings.items() if k != "thresholds"},
         "thresholds": settings["thresholds"],
         "artifacts": manifest,
-        "torch_latency_ms": torch_latency,  # the PyTorch model itself, fp32 eager
+        "torch_latency_ms": torch_latency,  # the fp32 network in PyTorch, eager
         "passed": not failed,
         "export_s": round(time.perf_counter() - started, 2),
         "versions": _versions(),
@@ -286,13 +312,18 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 def _write_artifacts(
     settings: dict[str, Any],
-    net: torch.nn.Module,
+    networks: tuple[torch.nn.Module, torch.nn.Module | None, str | None],
     example: Any,
     datamodule: Any,
     tests: list,
     temporary: dict[str, Path],
 ) -> tuple[dict[str, dict[str, Any]], dict[str, float] | None]:
-    """Write, check and time every planned artifact under its temporary name."""
+    """Write, check and time every planned artifact under its temporary name.
+
+    `networks` is (fp32 network, a QAT checkpoint's int8 network or None, its QAT backend):
+    each artifact is compared with the PyTorch network it was made from.
+    """
+    net, int8_net, backend = networks
     threads = settings["latency"]["threads"]
     manifest: dict[str, dict[str, Any]] = {}
     runners = {}
@@ -301,7 +332,22 @@ def _write_artifacts(
         export_onnx(net, example, temporary[FP32], settings["opset"])
         manifest[FP32] = {"format": "onnx", "precision": "fp32"}
         runners[FP32] = onnx_runner(onnx_session(str(temporary[FP32]), threads))
-    if INT8 in temporary:
+    if INT8 in temporary and int8_net is not None:
+        log.info(f"Exporting {INT8} (the QAT checkpoint's int8 network and scales)")
+        export_onnx(int8_net, example, temporary[INT8], settings["opset"])
+        manifest[INT8] = {
+            "format": "onnx",
+            "precision": "int8",
+            "quantization": {
+                "method": "quantization-aware training (torchao PT2E), QDQ",
+                "weights": "int8, symmetric, per output channel"
+                + (" (7-bit range)" if backend in REDUCED_RANGE_BACKENDS else ""),
+                "activations": "uint8, affine, per tensor",
+                "calibration": "none: the scales QAT learned, as the checkpoint holds them",
+            },
+        }
+        runners[INT8] = onnx_runner(onnx_session(str(temporary[INT8]), threads))
+    elif INT8 in temporary:
         log.info(f"Quantizing {INT8} ({settings['calibration_batches']} calibration batches)")
         calibration = [
             as_feed(x)
@@ -330,8 +376,9 @@ def _write_artifacts(
     if PT2 in temporary:
         log.info(f"Exporting {PT2} (torch.export)")
         try:
-            program = export_pt2(net, example, temporary[PT2])
-            manifest[PT2] = {"format": "torch.export", "precision": "fp32"}
+            program = export_pt2(int8_net or net, example, temporary[PT2])
+            precision = "fp32" if int8_net is None else "int8"
+            manifest[PT2] = {"format": "torch.export", "precision": precision}
             runners[PT2] = torch_runner(torch.export.load(str(temporary[PT2])).module())
             del program
         except ExportFailed as exc:
@@ -341,8 +388,14 @@ def _write_artifacts(
 
     reference = torch_runner(net)
     log.info(f"Parity on the test split ({sum(len(y) for _, y in tests)} samples)")
-    checks = parity(reference, runners, tests)
+    if int8_net is None:
+        checks = parity(reference, runners, tests)
+    else:  # the int8 artifacts against the int8 network, model.onnx against its fp32 view
+        of_int8 = {n: r for n, r in runners.items() if n != FP32}
+        checks = parity(torch_runner(int8_net), of_int8, tests)
+        checks.update(parity(reference, {n: r for n, r in runners.items() if n == FP32}, tests))
     for name, check in checks.items():
+        check["reference"] = "torch fp32" if int8_net is None or name == FP32 else "torch int8"
         threshold = settings["thresholds"].get(name, settings["thresholds"][FP32])
         manifest[name]["parity"] = check
         manifest[name]["passed"] = check["top1_agreement"] >= threshold

@@ -5,6 +5,8 @@ measuring module and every compression callback's setup path run on it with its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import lightning as L
 import pytest
@@ -15,9 +17,9 @@ from torch.utils.data import DataLoader, Dataset
 from slimlab.compression import measure
 from slimlab.compression.distillation import KnowledgeDistillation
 from slimlab.compression.pruning import StructuredPruning, layer_widths, prune_step
-from slimlab.compression.quantization import QuantizationAwareTraining
+from slimlab.compression.quantization import QuantizationAwareTraining, qat_stage
 from slimlab.models import ImageClassifier
-from slimlab.utils.errors import ConfigError
+from slimlab.models.base import logits_of
 
 VOCAB, LENGTH, CLASSES = 50, 8, 4
 
@@ -113,13 +115,34 @@ def test_pruning_setup_and_a_step_on_token_inputs() -> None:
     assert out.shape == (3, CLASSES)
 
 
-def test_qat_setup_on_token_inputs_fails_before_training_naming_the_input() -> None:
-    # torch.ao FX QAT observes the integer mask the net multiplies into float activations
-    # (transformers' QAT comes with the PT2E stack): known at setup from a trial on a copy,
-    # not when QAT starts after the fp32 epochs
-    callback = QuantizationAwareTraining(start_epoch=1, report=False)
-    with pytest.raises(ConfigError, match=r"prepared for QAT fails on its example input \{"):
-        callback.setup(L.Trainer(max_epochs=2, logger=False), text_module(), "fit")
+def one_epoch_trainer(tmp_path: Path, callbacks: list, **kwargs: Any) -> L.Trainer:
+    """A quiet one-epoch trainer: 2 training batches, 1 validation batch (`kwargs` override)."""
+    settings = {"limit_val_batches": 1, **kwargs}
+    return L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **settings,
+    )
+
+
+def test_qat_trains_and_converts_a_net_that_multiplies_an_integer_mask(tmp_path) -> None:
+    # PT2E quantizes the inputs of convolutions and linear layers only: the integer mask the
+    # net multiplies into its activations stays an integer (torch.ao FX observed it and failed)
+    model = text_module()
+    trainer = one_epoch_trainer(tmp_path, [QuantizationAwareTraining(report=False)])
+    trainer.fit(model, loader(), loader())
+    assert qat_stage(model) == "convert"
+    assert any(b.dtype == torch.int8 for b in model.net.buffers())  # int8 weights
+    batch = measure.example_batch(EXAMPLE, 3)
+    assert logits_of(model.net(**batch)).shape == (3, CLASSES)
+    (result,) = trainer.test(model, loader(), verbose=False)  # the int8 net, on token inputs
+    assert 0.0 <= result["test/acc"] <= 1.0
 
 
 def test_distillation_trains_on_token_inputs_and_object_outputs(tmp_path) -> None:
@@ -128,16 +151,8 @@ def test_distillation_trains_on_token_inputs_and_object_outputs(tmp_path) -> Non
 
     model = text_module(dim=8)
     distill = KnowledgeDistillation(teacher_net={**NET, "dim": 16, "hidden": 64}, report=False)
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        callbacks=[distill, BitsAndBytesWeights(mode="int8", report={"repeats": 2})],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
+    bnb = BitsAndBytesWeights(mode="int8", report={"repeats": 2})
+    trainer = one_epoch_trainer(tmp_path, [distill, bnb], limit_val_batches=None)
     trainer.fit(model, loader(), loader())
     assert float(trainer.callback_metrics["train/kd"]) > 0
     trainer.test(model, loader())

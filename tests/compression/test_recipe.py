@@ -71,8 +71,7 @@ def test_digits_compress_prunes_distills_and_quantizes_in_one_run(
     assert kinds == [("prune", None), ("prune", None), ("qat", "prepare"), ("qat", "convert")]
     assert all(k.startswith("net.") for k in saved["state_dict"])
     reloaded = load_module(best)
-    quantized = [m for m in reloaded.net.modules() if type(m).__module__.startswith("torch.ao.nn")]
-    assert any("quantized" in type(m).__module__ for m in quantized)
+    assert any(b.dtype == torch.int8 for b in reloaded.net.buffers())  # int8 weights
     x = torch.randn(8, 1, 8, 8)
     torch.testing.assert_close(reloaded.net(x), objects["model"].net(x))
 

@@ -142,3 +142,56 @@ def test_hydra_job_error_reads_what_a_failed_job_raised() -> None:
     assert compat.hydra_job_error(completed) is None
     # the private field still backs the public property in the installed Hydra
     assert "_return_value" in {f.name for f in JobReturn.__dataclass_fields__.values()}
+
+
+def test_fast_pt2e_patterns_build_torchaos_graphs_once() -> None:
+    import pytest
+    import torch
+    import torch.nn.functional as F
+
+    pytest.importorskip("torchao")
+    from torchao.quantization.pt2e import qat_utils
+    from torchao.quantization.pt2e import utils as pt2e_utils
+    from torchao.quantization.pt2e.export_utils import WrapperModule
+
+    compat.fast_pt2e_patterns()
+    assert qat_utils._get_aten_graph_module_for_pattern is (
+        pt2e_utils._get_aten_graph_module_for_pattern
+    )
+
+    def bn_train(x, weight, bias, mean, var):
+        return F.batch_norm(x, mean, var, weight, bias, training=True)
+
+    example = (torch.randn(1, 1, 3, 3), *(torch.randn(1) for _ in range(4)))
+    ours = pt2e_utils._get_aten_graph_module_for_pattern(WrapperModule(bn_train), example)
+    again = pt2e_utils._get_aten_graph_module_for_pattern(WrapperModule(bn_train), example)
+    strict = compat._STRICT_PATTERN_GRAPH(WrapperModule(bn_train), example)
+
+    def ops(graph_module):
+        return [(n.op, str(n.target)) for n in graph_module.graph.nodes if n.op != "placeholder"]
+
+    assert ops(ours) == ops(strict) == ops(again)
+    assert ours is not again  # a copy each time: torchao may rewrite what it is given
+
+
+def test_x86_quantization_annotation_is_the_quantizers_own() -> None:
+    import pytest
+
+    pytest.importorskip("torchao")
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation
+
+    annotation = compat.x86_quantization_annotation(_annotated=True)
+    assert isinstance(annotation, QuantizationAnnotation) and annotation._annotated
+
+
+def test_graph_module_deepcopy_hook_runs_on_copies_of_copies() -> None:
+    import copy
+
+    import torch
+
+    graph_module = torch.fx.symbolic_trace(torch.nn.ReLU())
+    marked = []
+    compat.on_graph_module_deepcopy(graph_module, lambda gm: marked.append(gm))
+    first = copy.deepcopy(graph_module)
+    second = copy.deepcopy(first)
+    assert marked == [first, second]

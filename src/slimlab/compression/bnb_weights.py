@@ -57,8 +57,11 @@ def _load_4bit_state(module: nn.Module, state_dict: dict, prefix: str, *_: Any) 
 
 
 def _bnb_linear(linear: nn.Linear, mode: str) -> nn.Module:
+    """A bitsandbytes layer holding `linear`'s weights, quantized on `linear`'s device."""
     bnb = import_optional("bitsandbytes", "bnb")
-    device, weight = linear.weight.device, linear.weight.data.detach().clone()
+    # bitsandbytes quantizes Int8Params / Params4bit when they move from the CPU to a device:
+    # built from a CUDA weight, they would stay float on the GPU (a CPU copy first)
+    device, weight = linear.weight.device, linear.weight.data.detach().cpu().clone()
     has_bias = linear.bias is not None
     if mode == "int8":
         layer = bnb.nn.Linear8bitLt(

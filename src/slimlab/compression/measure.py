@@ -5,10 +5,13 @@ every before/after figure in metrics.json is measured the same way:
 
 - params count int8 and 4-bit weights as the float weights they replace
   (`slimlab.models.count_parameters`), MACs are those of Conv and Linear layers (float, QAT
-  and int8 alike) on one example, size is the bytes of the saved `state_dict`;
+  and int8 alike; in an exported graph, its convolutions and matrix products) on one example,
+  size is the bytes of the saved `state_dict`;
 - latency runs a CPU copy of the network in eval mode, under `no_grad`, with QAT observers
   paused, on `THREADS` thread(s), on the module's `example_input_array` repeated to the batch
-  size (its dtypes and structure: token ids stay integer ids), median of `repeats` runs;
+  size (its dtypes and structure: token ids stay integer ids), median of `repeats` runs; in
+  PyTorch (`runtime="torch"`), or exported to ONNX and run by onnxruntime
+  (`runtime="onnxruntime"`: how an int8 model is deployed, see QAT);
 - accuracy is top-1 over the same dataloader for both sides, on the batches as Lightning's
   evaluation loop hands them to the module (the datamodule's normalization applied, training
   augmentation off), summed over DDP ranks;
@@ -26,31 +29,36 @@ import copy
 import io
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
-from torch.ao.nn.quantized.modules.conv import _ConvNd as _QuantizedConvNd
-from torch.ao.nn.quantized.modules.linear import Linear as _QuantizedLinear
 
 from slimlab.models.base import call_net, logits_of
 from slimlab.utils.compat import loop_batch
 from slimlab.utils.errors import require
+from slimlab.utils.onnx import TENSOR_INPUT, export_onnx, onnx_session
 from slimlab.utils.params import count_parameters
 
 count_params = count_parameters  # the one parameter count (int8 and 4-bit weights included)
 
-# float (and QAT / fused-QAT, which subclass them) and int8 kernels whose MACs are counted
-CONV_TYPES = (nn.modules.conv._ConvNd, _QuantizedConvNd)
-LINEAR_TYPES = (nn.Linear, _QuantizedLinear)
+# layers whose MACs are counted (subclasses too: bitsandbytes' linear layers)
+CONV_TYPES = (nn.modules.conv._ConvNd,)
+LINEAR_TYPES = (nn.Linear,)
+# ... and the ops they become in an exported graph (attention's batched matmuls are not counted)
+MAC_OPS = ("convolution", "mm", "addmm")
 BATCH_SIZES = (1, 64)  # latency is measured at these batch sizes
 THREADS = 1  # CPU threads for every latency figure (small models; comparable across runs)
 REPORT_KEYS = ("enabled", "latency", "repeats")
+RUNTIMES = ("torch", "onnxruntime")  # where latency is measured
+ONNX_OPSET = 20
 
 
 # -- the `report` argument --------------------------------------------------------------------
@@ -160,13 +168,28 @@ def measuring(net: nn.Module) -> Iterator[nn.Module]:
         net.train(was_training)
 
 
+def _graph_macs(net: torch.fx.GraphModule, example_input: Any) -> int:
+    """MACs of the convolutions and (non-batched) matrix products an exported graph runs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with measuring(net), counter:
+        call_net(net, move_to(example_input, device_of(net)))
+    flops = counter.get_flop_counts().get("Global", {})
+    return int(sum(v for op, v in flops.items() if getattr(op, "__name__", "") in MAC_OPS) // 2)
+
+
 def count_macs(net: nn.Module, example_input: Any) -> int:
     """Multiply-accumulates of Conv and Linear layers in one forward pass on `example_input`.
 
     Counts the whole batch of `example_input` (a batch-1 input gives MACs per sample).
     Other layers (norms, activations, pooling, attention matmuls) are not counted. `net` runs
-    in eval mode under `no_grad` with any QAT observers paused, and is left as it was.
+    in eval mode under `no_grad` with any QAT observers paused, and is left as it was. An
+    exported graph (QAT's prepared or int8 network) has no layer modules: its convolution and
+    matrix-product ops are counted instead, which gives the same number.
     """
+    if isinstance(net, torch.fx.GraphModule):
+        return _graph_macs(net, example_input)
     total = 0
 
     def hook(module: nn.Module, inputs: tuple, output: Any) -> None:
@@ -237,6 +260,41 @@ def measure_latency(
     return statistics.median(times) * 1000.0
 
 
+def onnxruntime_latencies(
+    net: nn.Module,
+    example_input: Any,
+    batch_sizes: Sequence[int] = BATCH_SIZES,
+    repeats: int = 20,
+    warmup: int = 3,
+    threads: int = THREADS,
+) -> dict[int, float]:
+    """Median milliseconds of one onnxruntime call per batch size, `net` exported to ONNX.
+
+    The batch repeats the first sample of `example_input`, as `measure_latency` does; the
+    session runs on `threads` threads. Needs the `export` extra (onnx, onnxscript,
+    onnxruntime); raises `slimlab.utils.onnx.ExportFailed` when `net` does not export.
+    """
+    with tempfile.TemporaryDirectory(prefix="slimlab-latency-") as folder:
+        path = Path(folder) / "model.onnx"
+        export_onnx(net, example_batch(example_input, 1), path, ONNX_OPSET)
+        session = onnx_session(path, threads)
+    names = [i.name for i in session.get_inputs()]
+    result = {}
+    for batch_size in batch_sizes:
+        batch = move_to(example_batch(example_input, batch_size), "cpu")
+        arrays = batch if isinstance(batch, Mapping) else {TENSOR_INPUT: batch}
+        feed = {name: arrays[name].numpy() for name in names}
+        for _ in range(warmup):
+            session.run(None, feed)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times.append(time.perf_counter() - start)
+        result[batch_size] = statistics.median(times) * 1000.0
+    return result
+
+
 def measure(
     net: nn.Module,
     example_input: Any,
@@ -244,18 +302,24 @@ def measure(
     repeats: int = 20,
     latency: bool = True,
     threads: int | None = THREADS,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
     """params, macs (per sample), size_bytes and latency_ms_b<N> for each of `batch_sizes`.
 
-    `latency=False` leaves the latency keys out (cheap enough for every training run).
+    `latency=False` leaves the latency keys out (cheap enough for every training run);
+    `runtime` is where latency is measured (`RUNTIMES`).
     """
+    require(runtime in RUNTIMES, f"runtime={runtime!r} is not one of {list(RUNTIMES)}")
     sample = example_batch(example_input, 1)
     result: dict[str, Any] = {
         "params": count_params(net),
         "macs": count_macs(net, sample),
         "size_bytes": size_on_disk(net),
     }
-    if latency:
+    if latency and runtime == "onnxruntime":
+        times = onnxruntime_latencies(net, sample, batch_sizes, repeats, threads=threads or 1)
+        result.update({f"latency_ms_b{b}": ms for b, ms in times.items()})
+    elif latency:
         for batch_size in batch_sizes:
             result[f"latency_ms_b{batch_size}"] = measure_latency(
                 net, sample, batch_size, repeats=repeats, threads=threads
@@ -263,9 +327,13 @@ def measure(
     return result
 
 
-def measure_as(net: nn.Module, example_input: Any, settings: ReportSettings) -> dict[str, Any]:
+def measure_as(
+    net: nn.Module, example_input: Any, settings: ReportSettings, runtime: str = "torch"
+) -> dict[str, Any]:
     """`measure` with a callback's report settings."""
-    return measure(net, example_input, repeats=settings.repeats, latency=settings.latency)
+    return measure(
+        net, example_input, repeats=settings.repeats, latency=settings.latency, runtime=runtime
+    )
 
 
 # -- accuracy ---------------------------------------------------------------------------------

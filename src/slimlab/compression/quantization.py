@@ -1,36 +1,42 @@
 """Quantization-aware training that ends in a real int8 model: the QAT callback and its restorer.
 
 The callback's interface (backend, bits, the epochs below) says nothing about the library that
-does the work: that is `slimlab.compression.qat_stack` (torch.ao FX graph mode), five functions
-to swap to change stack. The per-epoch switches come from `schedules.qat_train_state`.
+does the work: that is `slimlab.compression.pt2e` (torchao PT2E: torch.export, prepare_qat_pt2e,
+convert_pt2e). The per-epoch switches come from `schedules.qat_train_state`.
 
 Timeline of a run with `QuantizationAwareTraining(start_epoch=s, freeze_bn_epoch=b,
 freeze_observer_epoch=o)`:
 
-- `setup`: the strategy and the module's contract are checked, and the network must trace for
+- `setup`: the strategy and the module's contract are checked, and the network must export for
   QAT (tried on a copy when s > 0), so errors come before training. Pruning, if configured,
   must be done before epoch s (`check_compression_order`, where callbacks are assembled).
 - epochs < s train the plain fp32 network;
 - at epoch s the fp32 network's validation accuracy is measured (the report's "before"), a CPU
-  copy of it is kept, the network is traced, conv/bn/relu fused and fake quantization inserted,
-  and ``{"kind": "qat", "stage": "prepare"}`` is recorded. With s = 0 this happens in `setup`,
+  copy of it is kept, the network is exported (`torch.export`), conv-bn folded with simulated
+  fusion and fake quantization inserted, and ``{"kind": "qat", "stage": "prepare", "stack":
+  "pt2e"}`` is recorded. With s = 0 this happens in `setup`,
   before DDP wraps the model and the optimizer is built; later, the optimizer and scheduler are
   rebuilt (surviving parameters keep their moments), DDP is re-wrapped, and checkpoint and
   early-stopping callbacks forget their best (an fp32 checkpoint must not become the int8
   model). A resume replays the entry through `restore_quantization` before the weights load;
 - from epoch s fake quantization and observers are on, from epoch b batch-norm statistics are
   frozen, from epoch o the int8 ranges; validation and test never move the ranges;
-- `on_train_end`: the best QAT checkpoint's weights are converted to int8 kernels, the module's
-  `net` becomes the int8 network, ``{"kind": "qat", "stage": "convert"}`` is recorded, and the
-  int8 checkpoint is saved next to the best one and made the best, so `trainer.test(ckpt_path=
-  best)` and `eval.py` test the int8 model. The report sets the fp32 network from before QAT
-  against the int8 one (accuracy on the same validation data, params, MACs, size, latency).
-  A second `fit` trains the QAT network again.
+- `on_train_end`: the best QAT checkpoint's weights are converted to int8 (int8 weights,
+  quantize/dequantize ops at the learned scales; converted on the CPU, then put back on the
+  module's device: PyTorch runs it as reference int8 arithmetic, on any device), the module's
+  `net` becomes the int8 network, ``{"kind": "qat", "stage": "convert", ...}`` is recorded
+  with the activation scales (constants of the graph), and the int8 checkpoint is saved next
+  to the best one and made the best, so `trainer.test(ckpt_path=best)` and `eval.py` test the
+  int8 model. The report sets the fp32 network from before QAT against the int8 one
+  (accuracy on the same validation data, params, MACs, size; latency of both exported to
+  ONNX and run by onnxruntime, the int8 model's deployment). A second `fit` trains the QAT
+  network again.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,12 +49,15 @@ from typing_extensions import override
 
 from slimlab.compression import measure
 from slimlab.compression.callback import CompressionCallback, Stage, StructureWindow
-from slimlab.compression.qat_stack import (
+from slimlab.compression.pt2e import (
+    activation_qparams,
+    check_backend,
     check_quantizable,
     convert_int8,
+    observe_once,
     prepare_qat,
+    set_activation_qparams,
     set_qat_state,
-    use_engine,
 )
 from slimlab.compression.schedules import QATState, qat_eval_state, qat_train_state
 from slimlab.compression.structure_change import after_structure_change
@@ -56,11 +65,13 @@ from slimlab.models.base import SlimModule
 from slimlab.utils.compat import set_best_checkpoint
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
+from slimlab.utils.onnx import ExportFailed
 
 log = get_logger(__name__)
 
 KEY = "compression.qat"  # config key named in error messages
 SUPPORTED_BITS = (8,)  # weights and activations
+STACK = "pt2e"  # recorded in every structure entry: the library the entries replay with
 FLOAT_TWIN = "_qat_float_twin"  # on the module: (CPU copy of the fp32 net, holds trained weights)
 
 
@@ -75,14 +86,30 @@ def keep_float_twin(module: SlimModule, trained: bool) -> None:
 
 
 def restore_quantization(module: SlimModule, entry: dict) -> None:
-    """Replay a "qat" structure entry on a freshly built module (before its weights load)."""
-    backend = entry["backend"]
+    """Replay a "qat" structure entry on a freshly built module (before its weights load).
+
+    "prepare" exports and prepares the network again (the state dict keys are the same);
+    "convert" converts the prepared network and puts in the activation scales the entry
+    holds (the int8 weights and their scales come with the state dict).
+    """
+    if entry.get("stack") != STACK:
+        raise ConfigError(
+            "the checkpoint holds a QAT network of SlimLab's former torch.ao FX stack (its qat "
+            f"entry has no stack={STACK!r}), which this version no longer loads: train it "
+            "again (compression=qat), or open it with a SlimLab checkout from before the move "
+            "to PT2E (docs/quantization.md)"
+        )
+    device = measure.device_of(module.net)
+    example = measure.move_to(module.example_input_array, device)
     if entry["stage"] == "prepare":
         check_quantizable(module.net)
         keep_float_twin(module, trained=False)
-        module.net = prepare_qat(module.net, module.example_input_array, backend)
+        module.net = prepare_qat(module.net, example, entry["backend"])
     elif entry["stage"] == "convert":
-        module.net = convert_int8(module.net, backend)
+        observe_once(module.net, example)  # finite ranges to convert with; the entry's apply
+        converted = convert_int8(module.net)
+        set_activation_qparams(converted, entry["activations"])
+        module.net = converted.to(device)
     else:
         raise ConfigError(f"checkpoint qat entry has unknown stage={entry['stage']!r}")
 
@@ -101,8 +128,8 @@ class QuantizationAwareTraining(CompressionCallback):
     """Train with fake int8 quantization from `start_epoch`, convert to int8 kernels at the end.
 
     Args:
-        backend: the quantized CPU engine the int8 model runs on: "x86" (also "fbgemm") for x86
-            servers and desktops, "qnnpack" for ARM/mobile.
+        backend: the CPU the int8 model is made for: "x86" (also "fbgemm": 7-bit weights, which
+            x86 CPUs without VNNI need) or "qnnpack" (ARM: full 8-bit weights).
         bits: weight and activation bits; 8 is the one supported.
         start_epoch: first epoch trained with fake quantization (earlier epochs train in float).
         freeze_bn_epoch: first epoch with frozen batch-norm statistics (None: never).
@@ -116,7 +143,7 @@ class QuantizationAwareTraining(CompressionCallback):
 
     key = KEY
     stage = Stage.QUANTIZE
-    renames_layers = True  # FX tracing fuses conv/bn/relu into new, renamed modules
+    renames_layers = True  # the exported graph has no layer modules: layer hooks stop running
 
     def __init__(
         self,
@@ -128,7 +155,7 @@ class QuantizationAwareTraining(CompressionCallback):
         convert: bool = True,
         report: bool | Mapping[str, Any] = True,
     ) -> None:
-        use_engine(backend)
+        check_backend(backend)
         require(
             bits in SUPPORTED_BITS,
             f"{KEY}.bits={bits} is not supported: give 8 (int8 weights and activations; for "
@@ -177,15 +204,15 @@ class QuantizationAwareTraining(CompressionCallback):
                 f"{KEY}.start_epoch={self.start_epoch} is not before trainer.max_epochs="
                 f"{max_epochs}: QAT would never run; give start_epoch < max_epochs",
             )
-        use_engine(self.backend)
         if qat_stage(module) == "convert":
             self._unconvert(module)
         if qat_stage(module) is None:
             check_quantizable(module.net)
             if self.start_epoch == 0:  # before DDP wraps the model and the optimizer is built
                 self._prepare(module)
-            else:  # fail now, not after the fp32 epochs: trace a copy
-                prepare_qat(copy.deepcopy(module.net), module.example_input_array, self.backend)
+            else:  # fail now, not after the fp32 epochs: export a copy
+                example = measure.move_to(module.example_input_array, module.device)
+                prepare_qat(copy.deepcopy(module.net), example, self.backend)
 
     def _prepare(self, pl_module: SlimModule) -> None:
         example = measure.move_to(pl_module.example_input_array, pl_module.device)
@@ -194,10 +221,11 @@ class QuantizationAwareTraining(CompressionCallback):
         set_qat_state(pl_module.net, fake_quant=False, observe=False)
         pl_module.record_structure(self._entry("prepare"))
         pl_module.net_changed()
-        log.info(f"QAT: fused and prepared model.net for the {self.backend} int8 backend")
+        log.info(f"QAT: exported and prepared model.net for int8 ({self.backend})")
 
-    def _entry(self, stage: str) -> dict:
-        return {"kind": "qat", "stage": stage, "backend": self.backend, "bits": self.bits}
+    def _entry(self, stage: str, **extra: Any) -> dict:
+        entry = {"kind": "qat", "stage": stage, "stack": STACK, "backend": self.backend}
+        return {**entry, "bits": self.bits, **extra}
 
     def _unconvert(self, pl_module: SlimModule) -> None:
         """Bring back the QAT network of a finished QAT fit, so `fit` can run again."""
@@ -206,7 +234,7 @@ class QuantizationAwareTraining(CompressionCallback):
                 "model.net is already the converted int8 network, which cannot train: resume from "
                 "the run's last.ckpt (the QAT network) instead of the int8 checkpoint"
             )
-        assert pl_module.structure_log[-1] == self._entry("convert")
+        assert pl_module.structure_log[-1]["stage"] == "convert"
         pl_module.structure_log.pop()
         pl_module.net = self._prepared
         pl_module.net_changed()
@@ -291,9 +319,10 @@ class QuantizationAwareTraining(CompressionCallback):
             log.info(f"QAT: converting the best QAT checkpoint {best} to int8")
         prepared = pl_module.net
         set_qat_state(prepared, fake_quant=True, observe=False, freeze_bn=True)
-        converted = convert_int8(prepared, self.backend)
+        converted = convert_int8(prepared).to(pl_module.device)
         pl_module.net = converted
-        pl_module.record_structure(self._entry("convert"))
+        qparams = activation_qparams(converted)
+        pl_module.record_structure(self._entry("convert", activations=qparams))
         pl_module.net_changed()
         self._prepared, self._converted = prepared, converted
 
@@ -325,7 +354,8 @@ class QuantizationAwareTraining(CompressionCallback):
         fp32_counts = (0, 0)
         if self._fp32_val_acc is None and twin is not None and trained:  # QAT began in setup
             fp32_counts = measure.loop_top1_counts(trainer, pl_module, twin, loaders, cpu)
-        int8_counts = measure.loop_top1_counts(trainer, pl_module, converted, loaders, cpu)
+        device = measure.device_of(converted)
+        int8_counts = measure.loop_top1_counts(trainer, pl_module, converted, loaders, device)
         totals = measure.sum_over_ranks(trainer, [*fp32_counts, *int8_counts], pl_module.device)
         if not trainer.is_global_zero:
             return
@@ -333,8 +363,7 @@ class QuantizationAwareTraining(CompressionCallback):
         if fp32_acc is None and totals[1] > 0:
             fp32_acc = totals[0] / totals[1]
         example = pl_module.example_input_array
-        before = measure.measure_as(twin, example, self.report) if twin is not None else {}
-        after = measure.measure_as(converted, example, self.report)
+        before, after, runtime = self._measure(twin, converted, example)
         if fp32_acc is not None and totals[3] > 0:
             before["val_acc"], after["val_acc"] = fp32_acc, totals[2] / totals[3]
         elif twin is not None and not trained:
@@ -342,12 +371,37 @@ class QuantizationAwareTraining(CompressionCallback):
                 "QAT report: no fp32 validation accuracy (QAT began in setup of the run this "
                 "one resumed): the report leaves val_acc out rather than guess it"
             )
-        method = f"qat int{self.bits} ({self.backend})"
+        method = f"qat int{self.bits} ({self.backend}, torchao PT2E)"
         section = {"method": method, **measure.compare(before, after)}
+        if runtime is not None:
+            section["latency_runtime"] = runtime
         if "val_acc" in before:
             section["val_acc_change"] = after["val_acc"] - before["val_acc"]
         measure.add_section(pl_module, "quantization", section)
         log.info(f"QAT report: {section}")
+
+    def _measure(
+        self, twin: nn.Module | None, converted: nn.Module, example: Any
+    ) -> tuple[dict, dict, str | None]:
+        """(before, after, latency runtime): both networks measured alike; latency of both
+        exported to ONNX and run by onnxruntime (PyTorch runs the int8 graph as reference
+        quantize/dequantize ops, which says nothing about int8 speed). Without onnxruntime or
+        where the network does not export, latency is left out, saying why."""
+        runtime = "onnxruntime" if self.report.latency else None
+        try:
+            after = measure.measure_as(converted, example, self.report, runtime or "torch")
+            before = (
+                measure.measure_as(twin, example, self.report, runtime or "torch")
+                if twin is not None
+                else {}
+            )
+        except (ConfigError, ExportFailed) as exc:
+            log.warning(f"QAT report: no latency ({exc})")
+            settings = dataclasses.replace(self.report, latency=False)
+            after = measure.measure_as(converted, example, settings)
+            before = measure.measure_as(twin, example, settings) if twin is not None else {}
+            runtime = None
+        return before, after, runtime
 
     # -- state --------------------------------------------------------------------------------
     @override

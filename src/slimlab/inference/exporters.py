@@ -1,7 +1,7 @@
 """Write a network to an inference format: ONNX fp32, ONNX int8 (QDQ), a torch.export program.
 
 - `export_onnx`: `torch.onnx.export(dynamo=True)` (torch.export, then onnxscript's translation)
-  with a dynamic batch axis at a chosen opset;
+  with a dynamic batch axis at a chosen opset (`slimlab.utils.onnx`, which QAT's report shares);
 - `quantize_onnx_int8`: onnxruntime static quantization of that file to QDQ form (int8
   per-channel symmetric weights, uint8 per-tensor activations), calibrated on batches the
   caller gives (the training split);
@@ -13,12 +13,8 @@ Each raises `ExportFailed` with the exporter's first line when the network canno
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
-import logging
-import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,57 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from slimlab.inference.runtime import TENSOR_INPUT, import_extra
+from slimlab.utils.onnx import (  # noqa: F401  (ExportFailed, export_onnx: part of this API)
+    ExportFailed,
+    batch_example,
+    dynamic_batch,
+    export_onnx,
+    first_line,
+    import_extra,
+    quiet,
+)
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-
-
-class ExportFailed(RuntimeError):
-    """The exporter could not handle the network (an unsupported op, untraceable Python)."""
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporters' progress prints and warnings (torchvision ops, optimiser notes)."""
-    loggers = [
-        logging.getLogger(n) for n in ("torch.onnx", "onnxscript", "onnx_ir", "torch.export")
-    ]
-    levels = [lg.level for lg in loggers]
-    try:
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
-
-
-def batch_example(example: Any) -> tuple[tuple, dict]:
-    """(args, kwargs) for the exporters from a batch-1 example, repeated to batch 2.
-
-    Batch 2, because torch.export specialises a dimension of size 1 and the batch axis must stay
-    dynamic.
-    """
-    if isinstance(example, Mapping):
-        return (), {k: v[:1].repeat(2, *[1] * (v.ndim - 1)) for k, v in example.items()}
-    return (example[:1].repeat(2, *[1] * (example.ndim - 1)),), {}
-
-
-def _dynamic_batch(args: tuple, kwargs: dict) -> Any:
-    batch = torch.export.Dim("batch", min=1, max=65536)
-    if kwargs:
-        return {k: {0: batch} for k in kwargs}
-    return ({0: batch},)
 
 
 def torch_export(net: nn.Module, example: Any) -> torch.export.ExportedProgram:
@@ -84,13 +40,13 @@ def torch_export(net: nn.Module, example: Any) -> torch.export.ExportedProgram:
     args, kwargs = batch_example(example)
     net = copy.deepcopy(net).cpu().eval()
     try:
-        with _quiet():
+        with quiet():
             return torch.export.export(
-                net, args, kwargs=kwargs, dynamic_shapes=_dynamic_batch(args, kwargs)
+                net, args, kwargs=kwargs, dynamic_shapes=dynamic_batch(args, kwargs)
             )
     except Exception as exc:  # torch.export raises many types for what it cannot capture
         raise ExportFailed(
-            f"torch.export cannot capture model.net ({type(net).__name__}): {_first_line(exc)}"
+            f"torch.export cannot capture model.net ({type(net).__name__}): {first_line(exc)}"
         ) from exc
 
 
@@ -99,36 +55,6 @@ def export_pt2(net: nn.Module, example: Any, path: Path) -> torch.export.Exporte
     program = torch_export(net, example)
     torch.export.save(program, str(path))
     return program
-
-
-def export_onnx(net: nn.Module, example: Any, path: Path, opset: int) -> None:
-    """Write `net` to `path` as fp32 ONNX (dynamo exporter), dynamic batch axis, opset `opset`."""
-    import_extra("onnx")
-    import_extra("onnxscript")
-    args, kwargs = batch_example(example)
-    input_names = list(kwargs) if kwargs else [TENSOR_INPUT]
-    net = copy.deepcopy(net).cpu().eval()
-    try:
-        with _quiet():
-            program = torch.onnx.export(
-                net,
-                args,
-                kwargs=kwargs or None,
-                dynamo=True,
-                opset_version=opset,
-                dynamic_shapes=_dynamic_batch(args, kwargs),
-                input_names=input_names,
-                output_names=["logits"],
-                verbose=False,
-            )
-    except Exception as exc:  # the exporter raises many types for ops it cannot translate
-        raise ExportFailed(
-            f"torch.onnx.export(dynamo=True) cannot export model.net ({type(net).__name__}) at "
-            f"opset {opset}: {_first_line(exc)}"
-        ) from exc
-    if program is None:
-        raise ExportFailed(f"torch.onnx.export returned no program for model.net at opset {opset}")
-    program.save(str(path))
 
 
 def quantize_onnx_int8(
@@ -161,7 +87,7 @@ def quantize_onnx_int8(
 
     pre = int8_path.with_name(f".pre.{int8_path.name}")
     try:
-        with _quiet():
+        with quiet():
             # shape inference and graph clean-up first, as onnxruntime's docs advise
             quantization.quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
             quantization.quantize_static(
@@ -177,7 +103,7 @@ def quantize_onnx_int8(
             )
     except Exception as exc:
         raise ExportFailed(
-            f"onnxruntime static quantization of {fp32_path.name} failed: {_first_line(exc)}"
+            f"onnxruntime static quantization of {fp32_path.name} failed: {first_line(exc)}"
         ) from exc
     finally:
         pre.unlink(missing_ok=True)

@@ -8,9 +8,7 @@ are optional (the `export` extra) and imported only here, when a runner needs th
 from __future__ import annotations
 
 import contextlib
-import importlib
 from collections.abc import Callable, Mapping
-from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -18,21 +16,13 @@ import torch
 from torch import nn
 
 from slimlab.models.base import call_net, logits_of
-from slimlab.utils.errors import ConfigError
+from slimlab.utils.onnx import (  # noqa: F401  (onnx_session, import_extra: part of this API)
+    TENSOR_INPUT,
+    import_extra,
+    onnx_session,
+)
 
 Runner = Callable[[Mapping[str, np.ndarray]], np.ndarray]
-TENSOR_INPUT = "input"  # the ONNX input name of a network that takes one tensor
-
-
-def import_extra(name: str) -> ModuleType:
-    """Import `name` from the `export` extra, or fail saying how to install it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"{name} is not installed: export and ONNX inference need the `export` extra, "
-            'pip install -e ".[export]"'
-        ) from exc
 
 
 def torch_runner(net: nn.Module, device: str | torch.device = "cpu") -> Runner:
@@ -49,17 +39,6 @@ def torch_runner(net: nn.Module, device: str | torch.device = "cpu") -> Runner:
         return logits_of(call_net(net, x)).float().cpu().numpy()
 
     return run
-
-
-def onnx_session(path: str, threads: int | None = None) -> Any:
-    """An onnxruntime CPU session of `path`; `threads` intra-op threads (None: onnxruntime's)."""
-    ort = import_extra("onnxruntime")
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def onnx_runner(session: Any) -> Runner:

@@ -148,3 +148,136 @@ def hydra_job_error(result: object) -> BaseException | None:
         return None
     error = result._return_value
     return error if isinstance(error, BaseException) else None
+
+
+# -- torchao PT2E: pattern graphs, built once per process --------------------------------------
+_PATTERN_CACHE: dict[Any, Any] = {}
+_FAST_PATTERNS_INSTALLED = False
+_STRICT_PATTERN_GRAPH: Callable | None = None  # torchao's own, kept for the compat test
+
+
+def _pattern_key(pattern: Any, example_inputs: tuple, is_cuda: bool, kwargs: dict) -> Any:
+    """What determines a pattern's graph: its function's code, closure and defaults, and the
+    example inputs' shapes and dtypes (values do not matter: torchao matches with literals
+    ignored)."""
+    import torch
+
+    fn = getattr(pattern, "fn", None) or getattr(pattern, "forward", pattern)
+    cells = tuple(c.cell_contents for c in (getattr(fn, "__closure__", None) or ()))
+
+    def spec(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return (tuple(value.shape), value.dtype)
+        return value
+
+    key = (
+        getattr(fn, "__code__", fn),
+        cells,
+        getattr(fn, "__defaults__", None),
+        tuple(sorted((getattr(fn, "__kwdefaults__", None) or {}).items())),
+        tuple(spec(x) for x in example_inputs),
+        bool(is_cuda),
+        tuple(sorted((k, spec(v)) for k, v in kwargs.items())),
+    )
+    hash(key)  # TypeError for closures over unhashable values: not cached
+    return key
+
+
+def fast_pt2e_patterns() -> None:
+    """Make torchao's PT2E pattern graphs cheap: exported once per process (non-strict), and
+    only for the convolution types a graph calls. Idempotent.
+
+    torchao builds every subgraph it matches (QAT conv-bn fusion in `prepare_qat_pt2e`, conv-bn
+    folding in `convert_pt2e`, the batch-norm and dropout switches of `move_exported_model_to_
+    train/eval`) by a strict `torch.export` of a small function, on every call: one
+    `convert_pt2e` of a CNN exported 102 patterns (70-190 s on the development machine). The
+    private `utils._get_aten_graph_module_for_pattern` (also imported by name into `qat_utils`)
+    becomes a memoized non-strict export (the same aten graphs: converted networks compute
+    bit-identical outputs), and `qat_utils._fuse_conv_bn_qat_helper` /
+    `_fold_conv_bn_qat_helper` skip the convolution functions (conv1d, conv_transpose2d, ...)
+    the graph does not call.
+    """
+    global _FAST_PATTERNS_INSTALLED
+    if _FAST_PATTERNS_INSTALLED:
+        return
+    import copy
+
+    import torch
+    from torchao.quantization.pt2e import qat_utils
+    from torchao.quantization.pt2e import utils as pt2e_utils
+
+    names = ("_fuse_conv_bn_qat_helper", "_fold_conv_bn_qat_helper")
+    _require_attributes(qat_utils, (*names, "_get_aten_graph_module_for_pattern"), "qat_utils")
+    _require_attributes(pt2e_utils, ("_get_aten_graph_module_for_pattern",), "pt2e.utils")
+
+    def pattern_graph(
+        pattern: Any, example_inputs: tuple, is_cuda: bool = False, **kwargs: Any
+    ) -> Any:
+        try:
+            key = _pattern_key(pattern, example_inputs, is_cuda, kwargs)
+        except TypeError:
+            key = None
+        if key is not None and key in _PATTERN_CACHE:
+            return copy.deepcopy(_PATTERN_CACHE[key])
+        if is_cuda:
+            example_inputs = tuple(
+                x.cuda() if isinstance(x, torch.Tensor) else x for x in example_inputs
+            )
+        graph = torch.export.export(pattern, example_inputs, kwargs, strict=False).module()
+        # as torchao does: no copy_ nodes for mutated inputs, no guard module
+        for node in list(graph.graph.nodes):
+            unused_copy = node.target == torch.ops.aten.copy_.default and not node.users
+            if unused_copy or (node.op == "call_module" and node.name == "_guards_fn"):
+                graph.graph.erase_node(node)
+        if hasattr(graph, "_guards_fn"):
+            delattr(graph, "_guards_fn")
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+        if key is not None:
+            _PATTERN_CACHE[key] = graph
+            return copy.deepcopy(graph)
+        return graph
+
+    def only_present(helper: Callable) -> Callable:
+        def skip_absent(m: Any, conv_fn: Callable, *args: Any, **kwargs: Any) -> Any:
+            called = {
+                getattr(getattr(n.target, "overloadpacket", None), "__name__", None)
+                for n in m.graph.nodes
+                if n.op == "call_function"
+            }
+            return helper(m, conv_fn, *args, **kwargs) if conv_fn.__name__ in called else m
+
+        return skip_absent
+
+    global _STRICT_PATTERN_GRAPH
+    _STRICT_PATTERN_GRAPH = pt2e_utils._get_aten_graph_module_for_pattern
+    pt2e_utils._get_aten_graph_module_for_pattern = pattern_graph
+    qat_utils._get_aten_graph_module_for_pattern = pattern_graph
+    for name in names:
+        setattr(qat_utils, name, only_present(getattr(qat_utils, name)))
+    _FAST_PATTERNS_INSTALLED = True
+
+
+def x86_quantization_annotation(**fields: Any) -> Any:
+    """A node annotation `X86InductorQuantizer` accepts beside its own.
+
+    It asserts that every annotated node carries its private
+    `_X86InductorQuantizationAnnotation`, so a quantizer composed with it (the residual-add
+    quantizer in `slimlab.compression.pt2e`) must annotate with that class.
+    """
+    from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer
+
+    _require_attributes(
+        x86_inductor_quantizer, ("_X86InductorQuantizationAnnotation",), "x86_inductor_quantizer"
+    )
+    return x86_inductor_quantizer._X86InductorQuantizationAnnotation(**fields)
+
+
+def on_graph_module_deepcopy(graph_module: Any, hook: Callable[[Any], None]) -> None:
+    """Call `hook(copy)` on every deep copy of `graph_module` (and of its copies).
+
+    `GraphModule.__deepcopy__` rebuilds the module from its graph and keeps neither instance
+    methods nor most attributes; its private `_register_deepcopy_hook` is the way to carry them.
+    """
+    _require_attributes(graph_module, ("_register_deepcopy_hook",), "torch.fx.GraphModule")
+    graph_module._register_deepcopy_hook(hook)
