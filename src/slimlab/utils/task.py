@@ -15,7 +15,9 @@ What happens when, for `python train.py ...` (eval, export and serve run the sam
    input it also removes the run folder, if the job wrote nothing into it beyond Hydra's
    own files (a folder holding anything written earlier is never touched). It re-raises.
 5. `run_entry` prints bad input as `Error: <message>` (from rank 0 only) and exits with
-   code 2; any other error keeps its traceback. `HYDRA_FULL_ERROR=1` keeps every traceback.
+   code 2; a Hydra error meant to be shown compact (a sweep whose jobs failed) is printed
+   alone with exit code 1, as Hydra itself does; any other error keeps its traceback.
+   `HYDRA_FULL_ERROR=1` keeps every traceback.
 
 `run_config` and `write_summary` give every entry the same resolved config (stored in
 checkpoints, logged) and the same `metrics.json` layout.
@@ -34,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from slimlab.utils.errors import describe_error, is_rank_zero, report_and_exit
@@ -63,7 +66,14 @@ def run_entry(main: Callable[[], Any]) -> None:
     try:
         main()
     except Exception as exc:
-        message = None if user_full_error == "1" else describe_error(exc)
+        if user_full_error == "1":
+            raise
+        if isinstance(exc, CompactHydraException) and describe_error(exc) is None:
+            # what Hydra does with these unless HYDRA_FULL_ERROR=1 (a sweep that ended with
+            # failed jobs): the message alone, exit 1
+            print(str(exc), file=sys.stderr, flush=True)
+            sys.exit(1)
+        message = describe_error(exc)
         if message is None:
             raise
         report_and_exit(message)
