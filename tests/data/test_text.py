@@ -39,8 +39,9 @@ def test_setup_gives_dict_batches_and_a_vocabulary_from_train_only() -> None:
     assert dm.on_after_batch_transfer(batch, 0) is batch  # no image transforms on text
     # every token id of every split is in the vocabulary, which saw the training split only
     assert int(dm.data_test.input_ids.max()) < len(dm.vocabulary) <= dm.vocab_size
-    example = dm.example_input()
-    assert example["input_ids"].shape == (1, 16) and example["input_ids"].dtype == torch.long
+    described = dm.preprocessing()  # what an export records: ids, how texts become them
+    assert described["dtype"] == "int64" and described["max_length"] == 16
+    assert described["vocabulary"] == dm.vocabulary.tokens and described["tokenizer"] is None
 
 
 def test_same_seed_same_data_other_seed_other_data() -> None:

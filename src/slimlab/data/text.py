@@ -22,12 +22,14 @@ from typing import Any
 
 import torch
 from torch.utils.data import Dataset
+from typing_extensions import override
 
 from slimlab.data.base import ClassificationDataModule
 from slimlab.data.split import split_indices
 from slimlab.utils.errors import ConfigError, require
-from slimlab.utils.hf import from_hub, import_transformers
+from slimlab.utils.hf import from_hub
 from slimlab.utils.logging import get_logger
+from slimlab.utils.optional import import_optional
 
 log = get_logger(__name__)
 
@@ -135,7 +137,7 @@ class TextDataModule(ClassificationDataModule):
             self._hf_tokenizer()
 
     def _hf_tokenizer(self) -> Any:
-        auto = import_transformers().AutoTokenizer
+        auto = import_optional("transformers", "hf").AutoTokenizer
         return from_hub(
             auto.from_pretrained,
             self.tokenizer,
@@ -189,11 +191,21 @@ class TextDataModule(ClassificationDataModule):
         )
         return datasets[0], datasets[1], datasets[2]
 
-    def example_input(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        """One all-padding sequence of `max_length` tokens and its all-ones mask."""
+    @override
+    def preprocessing(self) -> dict[str, Any]:
+        """How a raw text becomes the network's input, as plain data for an export: token ids
+        (int64, not normalised) from `tokenizer` (a Hugging Face name) or from `vocabulary`
+        (the word list, index = id; see `WordVocabulary`), padded to `max_length`. Call after
+        `setup`."""
+        vocabulary = self.vocabulary.tokens if self.vocabulary is not None else None
         return {
-            "input_ids": torch.zeros(1, self.max_length, dtype=torch.long),
-            "attention_mask": torch.ones(1, self.max_length, dtype=torch.long),
+            "dtype": "int64",
+            "scale": 1.0,
+            "mean": [0.0],
+            "std": [1.0],
+            "tokenizer": self.tokenizer,
+            "vocabulary": vocabulary,
+            "max_length": self.max_length,
         }
 
 

@@ -1,28 +1,14 @@
-"""Hugging Face glue shared by the model adapter and the text data: the lazy import of the
-optional `transformers` package, and loading things by name with one clear error when the Hub
-cannot provide them."""
+"""Loading Hugging Face models and tokenizers by name, with one clear error when neither a
+local folder, the cache nor the Hub can provide them (the model adapter and the text data)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from types import ModuleType
 from typing import TypeVar
 
 from slimlab.utils.errors import ConfigError
 
 T = TypeVar("T")
-
-
-def import_transformers() -> ModuleType:
-    """Import transformers, or fail saying which extra installs it."""
-    try:
-        import transformers
-    except ImportError as exc:
-        raise ImportError(
-            'Hugging Face models and tokenizers need transformers: pip install -e ".[hf]" '
-            '(or pip install "transformers>=5,<6")'
-        ) from exc
-    return transformers
 
 
 def from_hub(load: Callable[[str], T], name: str, key: str, offline_option: str) -> T:

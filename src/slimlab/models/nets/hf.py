@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from slimlab.utils.errors import ConfigError, require
-from slimlab.utils.hf import from_hub, import_transformers
+from slimlab.utils.hf import from_hub
+from slimlab.utils.optional import import_optional
 from slimlab.utils.plain import to_plain
 
 KEY = "model.net"
@@ -40,7 +41,7 @@ def hf_sequence_classifier(
         isinstance(num_labels, int) and num_labels >= 2,
         f"{KEY}.num_labels={num_labels} is out of range: give the number of classes, >= 2",
     )
-    transformers = import_transformers()
+    transformers = import_optional("transformers", "hf")
     auto = transformers.AutoModelForSequenceClassification
     if pretrained_model_name_or_path:
         return from_hub(
