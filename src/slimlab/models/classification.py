@@ -103,7 +103,10 @@ class ClassificationModule(SlimModule):
 
     @override
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        """The logits `self.net` gives for these inputs (compiled for training if `compile`)."""
+        """The logits `self.net` gives for these inputs (compiled for training if `compile`);
+        one dict of named tensors is passed as keyword arguments, as `call_net` does."""
+        if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+            args, kwargs = (), dict(args[0])
         net = self.net
         if self.hparams.get("compile") and self.training:
             if self.__dict__["_compiled"] is None:
