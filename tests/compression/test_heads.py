@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
@@ -15,6 +16,7 @@ from hydra.core.global_hydra import GlobalHydra
 from conftest import NO_BARS, compose_config
 from slimlab.compression.heads import find_attention, head_counts, qkv_width
 from slimlab.compression.pruning import (
+    StructuredPruning,
     build_pruner,
     find_head,
     layer_widths,
@@ -22,9 +24,12 @@ from slimlab.compression.pruning import (
     residual_writers,
     restore_pruning,
 )
+from slimlab.models import ImageClassifier
 from slimlab.models.base import call_net, load_module, logits_of
 from slimlab.models.nets import VisionTransformer
 from slimlab.train import train
+from slimlab.utils.errors import ConfigError, find_config_error
+from slimlab.utils.instantiate import instantiate_callbacks
 
 IMAGES = torch.randn(3, 1, 8, 8)
 TOKENS = {
@@ -157,3 +162,22 @@ def test_training_run_prunes_heads_and_its_checkpoint_reloads(
         torch.testing.assert_close(
             logits_of(call_net(loaded, example)), logits_of(call_net(net, example))
         )
+
+
+def test_bad_head_settings_name_the_key(compose_cfg) -> None:
+    cfg = compose_cfg(["experiment=digits_vit_prune", "compression.prune.head_amount=1.5"])
+    with pytest.raises(Exception) as info:
+        instantiate_callbacks(cfg.compression)
+    error = find_config_error(info.value)
+    assert isinstance(error, ConfigError)
+    assert "compression.prune.head_amount=1.5 is out of range" in str(error)
+
+
+def test_head_amount_on_a_network_without_attention_fails_before_training() -> None:
+    model = ImageClassifier(
+        net={"_target_": "slimlab.models.nets.SmallCNN"},
+        optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+    )
+    callback = StructuredPruning(head_amount=0.5, report=False)
+    with pytest.raises(ConfigError, match=r"head_amount=0.5 needs attention modules"):
+        callback.setup(L.Trainer(max_epochs=2, logger=False), model, "fit")
