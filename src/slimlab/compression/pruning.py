@@ -731,6 +731,7 @@ class StructuredPruning(CompressionCallback):
         log.info(
             f"Pruning step {step}/{self.steps} (epoch {trainer.current_epoch}): {params} params, "
             f"{macs} MACs; widths {widths}"
+            + (f"; attention heads {heads}" if (heads := head_counts(pl_module.net)) else "")
         )
 
     def _report(self, trainer: L.Trainer, pl_module: SlimModule) -> None:
