@@ -6,7 +6,11 @@ removes whole channels from all of them, so the network is physically smaller an
 not masked. `StructuredPruning` works on any `SlimModule` (see `slimlab.models.base`): it
 reads `net` and `example_input_array`, adds its sparsity loss with `add_loss_term` and
 records each step with `record_structure`. torch-pruning is driven its own way: one pruner,
-built once, stepped along its own schedule.
+built once, stepped along its own schedule. Transformers: the q/k/v layers of every attention
+module `slimlab.compression.heads` knows are given to torch-pruning with their head counts, so
+whole heads go (`head_amount`) or every head loses the same dims; after each step the modules'
+own head-count attributes are rewritten, so `q/k/v width == heads * head_dim`. By default the
+token width stays (`keep_token_width`) and `amount` narrows the MLPs.
 
 Timeline of `StructuredPruning(start_epoch=s, end_epoch=e, steps=n)`:
 
@@ -36,10 +40,11 @@ Timeline of `StructuredPruning(start_epoch=s, end_epoch=e, steps=n)`:
 
 What a checkpoint holds: each step as a structure entry ``{"kind": "prune", "history": ...}``,
 torch-pruning's pruning history (root layer name, output or input channels, channel indices:
-plain lists). `restore_pruning` replays it on a freshly built network before the weights load,
-so pruned checkpoints load through `load_from_checkpoint`, `eval.py` and `ckpt_path=` resume
-while the file opens with ``torch.load(weights_only=True)``. The number of steps done is the
-number of such entries on the module, so a resume neither repeats nor skips a step; the
+plain lists), and the head count of every attention module. `restore_pruning` replays it on
+a freshly built network before the weights load, so pruned checkpoints load through
+`load_from_checkpoint`, `eval.py` and `ckpt_path=` resume while the file opens with
+``torch.load(weights_only=True)``. The number of steps done is the number of such entries on
+the module, so a resume neither repeats nor skips a step; the
 callback's own state (the pruner's progress, the dense and pruned measurements, Taylor
 gradients awaiting a step) is in `state_dict`.
 """
@@ -59,6 +64,13 @@ from typing_extensions import override
 
 from slimlab.compression import measure
 from slimlab.compression.callback import CompressionCallback, Stage, StructureWindow
+from slimlab.compression.heads import (
+    find_attention,
+    head_counts,
+    heads_from_pruner,
+    set_heads,
+    torch_pruning_heads,
+)
 from slimlab.compression.schedules import (
     prune_fraction,
     prune_last_step_epoch,
@@ -144,10 +156,15 @@ def build_pruner(
     ignored_layers: Sequence[str] = (),
     amount: float = 1.0,
     steps: int = FINE_STEPS,
+    head_amount: float = 0.0,
 ) -> tp.pruner.BasePruner:
     """A torch-pruning pruner over `net` that removes `amount` of the channels in `steps` equal
-    steps (torch-pruning's linear schedule); the named layers keep their output channels."""
+    steps (torch-pruning's linear schedule); the named layers keep their output channels.
+
+    Attention modules (`slimlab.compression.heads`) lose whole heads, `head_amount` of them,
+    when `head_amount > 0`; otherwise every head keeps its count and loses the same dims."""
     modules = dict(net.named_modules())
+    heads = torch_pruning_heads(net)
     was_training = net.training
     try:
         with autograd_on():
@@ -161,10 +178,31 @@ def build_pruner(
                 ignored_layers=[modules[name] for name in ignored_layers],
                 round_to=round_to,
                 output_transform=logits_of,  # trace the logits of any output the contract allows
+                num_heads=heads,
+                prune_num_heads=bool(heads) and head_amount > 0,
+                prune_head_dims=head_amount == 0,
+                head_pruning_ratio=head_amount,
             )
     finally:
         net.train(was_training)  # tracing leaves the network in eval mode
     return pruner
+
+
+def residual_writers(net: nn.Module, example_input: Any) -> list[str]:
+    """Names of the Conv/Linear layers whose outputs make a transformer's token width (the
+    residual stream its attention modules read); [] for a network without attention."""
+    attention = find_attention(net)
+    if not attention:
+        return []
+    qkv = next(iter(torch_pruning_heads(net)))
+    graph = dependency_graph(net, example_input)
+    names = {m: name for name, m in net.named_modules()}
+    group = graph.get_pruning_group(qkv, tp.prune_linear_in_channels, idxs=[0])
+    return sorted(
+        names[dep.target.module]
+        for dep, _ in group
+        if isinstance(dep.target.module, PRUNABLE) and graph.is_out_channel_pruning_fn(dep.handler)
+    )
 
 
 def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
@@ -172,6 +210,8 @@ def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
     start = len(pruner.DG.pruning_history())
     with autograd_on():
         pruner.step()
+    if pruner.num_heads:  # the attention modules compute with the heads they have left
+        set_heads(pruner.model, heads_from_pruner(pruner.model, pruner.num_heads))
     return [
         [str(name), bool(out), [int(i) for i in idxs]]
         for name, out, idxs in pruner.DG.pruning_history()[start:]
@@ -221,24 +261,30 @@ def reachable_fraction(
     return 1.0 - least / dense
 
 
-def apply_history(net: nn.Module, example_input: Any, history: list) -> None:
-    """Remove the channels torch-pruning's pruning `history` lists from `net`, in order."""
+def dependency_graph(net: nn.Module, example_input: Any) -> tp.DependencyGraph:
+    """torch-pruning's graph of the coupled layers of `net`, traced on `example_input`."""
     was_training = net.training
     try:
         with autograd_on():
-            graph = tp.DependencyGraph().build_dependency(
+            return tp.DependencyGraph().build_dependency(
                 net,
                 example_inputs=measure.move_to(example_input, measure.device_of(net)),
                 output_transform=logits_of,
             )
     finally:
         net.train(was_training)
+
+
+def apply_history(net: nn.Module, example_input: Any, history: list) -> None:
+    """Remove the channels torch-pruning's pruning `history` lists from `net`, in order."""
+    graph = dependency_graph(net, example_input)
     graph.load_pruning_history([[name, bool(out), list(idxs)] for name, out, idxs in history])
 
 
 def restore_pruning(module: SlimModule, entry: dict) -> None:
     """Replay a "prune" structure entry on a module's network (before its weights load)."""
     apply_history(module.net, module.example_input_array, entry["history"])
+    set_heads(module.net, entry.get("heads", {}))
     expected = entry.get("widths")
     if expected is not None and layer_widths(module.net) != expected:
         raise RuntimeError(
@@ -277,6 +323,11 @@ class StructuredPruning(CompressionCallback):
             the classifier head always stays.
         regularization: weight of an L1 penalty on batch-norm scales until the last step
             (network slimming); needs importance="bn_scale".
+        head_amount: transformers: the fraction of every attention module's heads to remove
+            as whole heads, in [0, 1); 0 keeps the head count and narrows every head alike.
+        keep_token_width: transformers: keep the token width (the residual stream every block
+            reads and writes), so `amount` narrows only the MLPs (and head dims); false
+            narrows it too.
         report: measure dense vs pruned into `compression_report`: true, false, or a mapping
             with `enabled`, `latency` (CPU latency at batch 1 and 64) and `repeats`.
     """
@@ -296,6 +347,8 @@ class StructuredPruning(CompressionCallback):
         round_to: int | None = 8,
         ignored_layers: Sequence[str] = (),
         regularization: float = 0.0,
+        head_amount: float = 0.0,
+        keep_token_width: bool = True,
         report: bool | Mapping[str, Any] = True,
     ) -> None:
         require(
@@ -342,6 +395,14 @@ class StructuredPruning(CompressionCallback):
             f"{KEY}.ignored_layers={ignored_layers!r} is not a list: give layer names, e.g. "
             "[stem.0]",
         )
+        require(
+            isinstance(head_amount, int | float) and 0.0 <= float(head_amount) < 1.0,
+            f"{KEY}.head_amount={head_amount} is out of range: give a fraction of the attention "
+            "heads in [0, 1) (0: keep every head)",
+        )
+        self.head_amount = float(head_amount)
+        self.keep_token_width = bool(keep_token_width)
+        self._token_width_layers: list[str] = []
         self.amount = float(amount)
         self.target = target
         self.importance = importance
@@ -422,8 +483,16 @@ class StructuredPruning(CompressionCallback):
                 f"{KEY}.importance=bn_scale needs batch-norm layers, and model.net "
                 f"({type(net).__name__}) has none: give importance=l1",
             )
+        require(
+            self.head_amount == 0 or bool(find_attention(net)),
+            f"{KEY}.head_amount={self.head_amount} needs attention modules, and model.net "
+            f"({type(net).__name__}) has none that slimlab.compression.heads knows: give "
+            "head_amount=0",
+        )
         try:
             self._head = find_head(net, example)
+            if self.keep_token_width:
+                self._token_width_layers = residual_writers(net, example)
             pruner = self._build(net, example, self.importance)
             groups = list(
                 pruner.DG.get_all_groups(
@@ -466,11 +535,13 @@ class StructuredPruning(CompressionCallback):
             amount, steps = 1.0, FINE_STEPS
         return build_pruner(
             net, example, importance, self.ranking, self.round_to, self._ignored(net),
-            amount, steps,
+            amount, steps, self.head_amount,
         )  # fmt: skip
 
     def _ignored(self, net: nn.Module) -> list[str]:
-        names = list(self.ignored_layers)
+        names = list(self.ignored_layers) + [
+            name for name in self._token_width_layers if name not in self.ignored_layers
+        ]
         if self._head is not None and self._head not in names:
             names.append(self._head)
         return names
@@ -578,6 +649,7 @@ class StructuredPruning(CompressionCallback):
             raise RuntimeError(f"{KEY}: step {k + 1} failed on rank 0: {plan['error']}")
         if not trainer.is_global_zero:
             apply_history(net, example, plan["history"])
+            set_heads(net, plan["heads"])
         self._progress = plan["progress"]
         self._ratios.append(float(plan["ratio"]))
         # a Taylor step due at this same batch (catching up, or fast_dev_run) ranks by the
@@ -602,6 +674,7 @@ class StructuredPruning(CompressionCallback):
                 "ratio": float(plan["ratio"]),
                 "history": plan["history"],
                 "widths": widths,
+                "heads": plan["heads"],
             }
         )
         pl_module.net_changed()
@@ -640,6 +713,7 @@ class StructuredPruning(CompressionCallback):
                     )
         return {
             "history": history,
+            "heads": head_counts(net),
             "ratio": float(pruner.per_step_pruning_ratio[pruner.current_step]),
             "progress": pruner_progress(pruner),
         }
@@ -657,6 +731,7 @@ class StructuredPruning(CompressionCallback):
         log.info(
             f"Pruning step {step}/{self.steps} (epoch {trainer.current_epoch}): {params} params, "
             f"{macs} MACs; widths {widths}"
+            + (f"; attention heads {heads}" if (heads := head_counts(pl_module.net)) else "")
         )
 
     def _report(self, trainer: L.Trainer, pl_module: SlimModule) -> None:

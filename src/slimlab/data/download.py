@@ -10,6 +10,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from slimlab.utils.errors import ConfigError
 from slimlab.utils.logging import get_logger
 
 log = get_logger(__name__)
@@ -66,3 +67,28 @@ def download(
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
     raise DownloadError(f"could not fetch {dest.name} ({'; '.join(failures)})")
+
+
+def ensure_file(path: Path, urls: Sequence[str], md5: str, download_missing: bool) -> Path:
+    """Return `path` once it holds the file with MD5 `md5`, downloading it first when it is
+    missing and `download_missing` is on; any failure is one ConfigError saying what to do."""
+    if not path.is_file():
+        reason = "data.download is false"
+        if download_missing:
+            try:
+                download(urls, path, md5)
+                return path
+            except DownloadError as exc:
+                reason = f"downloading failed: {exc}"
+        raise ConfigError(
+            f"{path} is missing and {reason}. Download {urls[0]} (MD5 {md5}) into "
+            f"{path.parent}, or set data.data_dir to a directory that has {path.name}, or run "
+            "with data.download=true on a machine with network access."
+        )
+    actual = md5_of(path)
+    if actual != md5:
+        raise ConfigError(
+            f"{path} has MD5 {actual}, not the published {md5}: it is not the original file "
+            "or it is damaged; delete it and run again to download it"
+        )
+    return path

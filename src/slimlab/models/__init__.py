@@ -8,11 +8,15 @@ from slimlab.models.base import (
     logits_of,
     register_structure_restorer,
 )
+from slimlab.models.classification import ClassificationModule
 from slimlab.models.classifier import ImageClassifier
+from slimlab.models.text_classifier import TextClassifier
 
 __all__ = [
+    "ClassificationModule",
     "ImageClassifier",
     "SlimModule",
+    "TextClassifier",
     "call_net",
     "count_parameters",
     "load_module",

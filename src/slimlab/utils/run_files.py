@@ -47,3 +47,15 @@ def write_json_atomic(path: str | Path, data: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def replace_doc_block(doc: str | Path, start: str, end: str, text: str) -> None:
+    """Put `text` between the `start` and `end` marker lines of a Markdown file (a benchmark's
+    `--update-docs`); a file without both markers raises SystemExit naming them."""
+    doc = Path(doc)
+    content = doc.read_text()
+    if start not in content or end not in content:
+        raise SystemExit(f"{doc} has no {start} ... {end} block to fill")
+    before, rest = content.split(start, 1)
+    _, after = rest.split(end, 1)
+    doc.write_text(f"{before}{start}\n{text}\n{end}{after}")

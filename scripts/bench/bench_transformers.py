@@ -1,0 +1,185 @@
+"""Transformer benchmark: the digits ViT dense, with half its heads and MLP width pruned, and
+distilled from a CNN teacher (DeiT-style).
+
+    python scripts/bench/bench_transformers.py                 # logs/bench/transformers.json
+    python scripts/bench/bench_transformers.py --update-docs   # also docs/transformers.md
+    python scripts/bench/bench_transformers.py --seeds 1 --epochs 20 --repeats 10  # a short run
+
+1. Accuracy: `experiment=digits_cnn` (the teacher, once), then per seed `experiment=digits_vit`
+   (dense), `experiment=digits_vit_prune` (50% of the heads and of the MLP width removed at a
+   third of the epochs, fine-tuned) and `experiment=digits_vit_distill` (KD from that CNN
+   teacher), all through `slimlab.train.train` on the same data split (data.seed=42) with the
+   model seed varied. "Gap closed" = (KD acc - dense acc) / (teacher acc - dense acc).
+2. Latency: the trained dense and pruned ViTs, median of `--repeats` forward passes at batch 1
+   and 64 on one CPU thread, measured in this one process, so the ratio compares like with like
+   on a busy machine.
+
+int8 for transformers is not measured here yet: the QAT stack is moving to PT2E (issue 11).
+Results go to logs/bench/transformers.json; docs change only with --update-docs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+DOC = ROOT / "docs" / "transformers.md"
+START, END = "<!-- bench_transformers:start -->", "<!-- bench_transformers:end -->"
+
+import slimlab.utils.resolvers  # noqa: E402,F401  (registers ${slimlab.*})
+from slimlab.compression.heads import head_counts  # noqa: E402
+from slimlab.compression.measure import compare, count_params, measure  # noqa: E402
+from slimlab.compression.pruning import build_pruner, find_head, prune_step  # noqa: E402
+from slimlab.train import train  # noqa: E402
+from slimlab.utils.compose import QUIET, compose_config  # noqa: E402
+from slimlab.utils.run_files import (  # noqa: E402
+    bench_results_path,
+    replace_doc_block,
+    write_json_atomic,
+)
+
+
+def run(experiment: str, seed: int, epochs: int, workdir: Path, *extra: str) -> tuple[float, dict]:
+    """Train `experiment` on the digits split of data.seed=42; return (test acc, objects)."""
+    overrides = [
+        f"experiment={experiment}",
+        f"seed={seed}",
+        "data.seed=42",
+        f"trainer.max_epochs={epochs}",
+        *QUIET,
+        *extra,
+    ]
+    cfg = compose_config(overrides, workdir / f"{experiment}_{seed}")
+    metrics, objects = train(cfg)
+    return float(metrics["test/acc"]), objects
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3, help="ViT runs per variant")
+    parser.add_argument("--epochs", type=int, default=40, help="ViT epochs (pruned at 1/3)")
+    parser.add_argument("--teacher-epochs", type=int, default=20, help="CNN teacher epochs")
+    parser.add_argument("--repeats", type=int, default=20, help="timed passes per latency")
+    parser.add_argument("--update-docs", action="store_true", help=f"rewrite {DOC.name}")
+    parser.add_argument("--out", type=Path, default=bench_results_path("transformers"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    started = time.time()
+    load_before = round(os.getloadavg()[0], 2)
+    accs: dict[str, list[float]] = {"dense": [], "pruned": [], "kd": []}
+    nets: dict[str, torch.nn.Module] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        teacher_acc, teacher = run("digits_cnn", 42, args.teacher_epochs, workdir, "test=true")
+        teacher_ckpt = teacher["trainer"].checkpoint_callback.best_model_path
+        print(f"teacher digits_cnn: test acc {teacher_acc:.4f}", file=sys.stderr)
+        for seed in range(1, args.seeds + 1):
+            acc, objects = run("digits_vit", seed, args.epochs, workdir)
+            accs["dense"].append(acc)
+            nets["dense"] = objects["model"].net.cpu().eval()
+            acc, objects = run(
+                "digits_vit_prune", seed, args.epochs, workdir,
+                f"compression.prune.start_epoch={args.epochs // 3}",
+                "compression.prune.report.latency=false",
+            )  # fmt: skip
+            accs["pruned"].append(acc)
+            nets["pruned"] = objects["model"].net.cpu().eval()
+            acc, _ = run(
+                "digits_vit_distill", seed, args.epochs, workdir,
+                f"compression.distill.teacher_ckpt={teacher_ckpt}",
+                "compression.distill.report.latency=false",
+            )  # fmt: skip
+            accs["kd"].append(acc)
+            print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()))
+
+    example = torch.zeros(1, 1, 8, 8)
+    # latency only: the trained dense ViT with the token width halved as well (not fine-tuned)
+    narrow = copy.deepcopy(nets["dense"])
+    keep = [find_head(narrow, example)]
+    prune_step(build_pruner(narrow, example, "l1", "local", None, keep, 0.5, 1, head_amount=0.5))
+    nets["narrow"] = narrow.eval()
+    timings = {name: [] for name in nets}
+    for _ in range(3):  # interleaved rounds: load changes hit both alike
+        for name, net in nets.items():
+            timings[name].append(
+                measure(net, example, batch_sizes=(1, 64), repeats=args.repeats, threads=1)
+            )
+    timed = {
+        name: {
+            **runs[0],
+            "latency_ms_b1": statistics.median(r["latency_ms_b1"] for r in runs),
+            "latency_ms_b64": statistics.median(r["latency_ms_b64"] for r in runs),
+        }
+        for name, runs in timings.items()
+    }
+    pruned = compare(timed["dense"], timed["pruned"])
+    narrowed = compare(timed["dense"], timed["narrow"])
+    mean = {k: statistics.mean(v) for k, v in accs.items()}
+    gap = teacher_acc - mean["dense"]
+    closed = (mean["kd"] - mean["dense"]) / gap if gap > 0 else float("nan")
+    heads = sorted(set(head_counts(nets["pruned"]).values()))
+
+    def pct(values: list[float]) -> str:
+        each = ", ".join(f"{100 * v:.1f}" for v in values)
+        return f"{100 * statistics.mean(values):.2f} ({each})"
+
+    lines = [
+        "| ViT on digits | test acc % (seeds) | params | ms b1 | ms b64 | speed-up b64 |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| dense (4 heads of 24, MLP 192) | {pct(accs['dense'])} "
+        f"| {count_params(nets['dense']):,} | {timed['dense']['latency_ms_b1']:.2f} "
+        f"| {timed['dense']['latency_ms_b64']:.1f} | 1.00x |",
+        f"| 50% heads + 50% MLP pruned ({'/'.join(map(str, heads))} heads of 24), fine-tuned "
+        f"| {pct(accs['pruned'])} "
+        f"| {count_params(nets['pruned']):,} | {timed['pruned']['latency_ms_b1']:.2f} "
+        f"| {timed['pruned']['latency_ms_b64']:.1f} | {pruned['speedup_b64']:.2f}x |",
+        f"| ... and the token width 96 -> 48 (latency only, not fine-tuned) | – "
+        f"| {count_params(nets['narrow']):,} | {timed['narrow']['latency_ms_b1']:.2f} "
+        f"| {timed['narrow']['latency_ms_b64']:.1f} | {narrowed['speedup_b64']:.2f}x |",
+        f"| KD from the CNN teacher (T=4, alpha=0.5) | {pct(accs['kd'])} "
+        f"| {count_params(nets['dense']):,} | – | – | – |",
+        "",
+        f"CNN teacher (`digits_cnn`, {args.teacher_epochs} epochs): {100 * teacher_acc:.2f} %. "
+        f"Pruning changes accuracy by {100 * (mean['pruned'] - mean['dense']):+.2f} points; KD "
+        f"by {100 * (mean['kd'] - mean['dense']):+.2f} points, closing {100 * closed:.0f} % of "
+        f"the gap to the teacher ({100 * gap:+.2f} points).",
+        "",
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} logical CPUs shared with other jobs, torch {torch.__version__}; "
+        f"{args.seeds} seed(s), {args.epochs} ViT epochs (pruned at {args.epochs // 3}); "
+        f"latency: 1 thread, median of 3 interleaved rounds of {args.repeats} passes; 1-minute "
+        f"load average {load_before} before and {round(os.getloadavg()[0], 2)} after "
+        f"({time.time() - started:.0f} s).",
+    ]
+    table = "\n".join(lines)
+    print(table)
+    write_json_atomic(
+        args.out,
+        {
+            "table": table,
+            "accuracy": accs,
+            "teacher_acc": teacher_acc,
+            "gap_closed": closed,
+            "pruned_vs_dense": pruned,
+            "narrow_vs_dense": narrowed,
+            "args": {k: str(v) for k, v in vars(args).items()},
+        },
+    )
+    print(f"wrote {args.out}", file=sys.stderr)
+    if args.update_docs:
+        replace_doc_block(DOC, START, END, table)
+        print(f"wrote {DOC}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
