@@ -298,3 +298,36 @@ def test_qat_checkpoint_exports_its_own_int8_network_and_learned_scales(
     onnx_weight_scales = np.asarray(constants[weight_dq.input[1]])
     learned = first_conv_weight_fake_quant(prepared).scale.numpy()
     np.testing.assert_allclose(onnx_weight_scales, learned, rtol=0.01)
+
+
+@pytest.mark.slow  # ~1 min: a tiny BERT trained with head pruning and QAT, then exported
+def test_tiny_bert_with_pruned_heads_and_qat_exports_with_parity(tmp_path: Path) -> None:
+    from slimlab.train import train
+
+    overrides = [
+        "experiment=text_tiny_bert",
+        "trainer.max_epochs=2",
+        "test=false",
+        "compression=[prune,qat]",
+        "compression.prune.start_epoch=0",
+        "compression.prune.head_amount=0.5",
+        "compression.prune.report.latency=false",
+        "compression.qat.start_epoch=1",
+        "compression.qat.freeze_bn_epoch=null",
+        "compression.qat.freeze_observer_epoch=null",
+        "compression.qat.report.latency=false",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+    _, objects = train(compose_config(tmp_path / "train", overrides))
+    ckpt = objects["trainer"].checkpoint_callback.best_model_path
+    out = tmp_path / "export"
+    summary = export(
+        export_cfg(tmp_path, f"ckpt_path={ckpt}", f"output_dir={out}", "latency.batch_sizes=[8]")
+    )
+    # dict batches of token ids reach parity; the int8 graph's dropout is off (it was random)
+    assert summary["passed"], summary["artifacts"]
+    assert [spec["name"] for spec in summary["inputs"]] == ["input_ids", "attention_mask"]
+    for name in ("model.onnx", "model.int8.onnx", "model.pt2"):
+        assert summary["artifacts"][name]["parity"]["top1_agreement"] == 1.0, name
+        assert (out / name).is_file()

@@ -71,6 +71,11 @@ UNEXPORTABLE = {
 }
 
 
+def threshold_of(settings: dict[str, Any], artifact: str) -> float:
+    """The top-1 agreement an artifact must reach (model.pt2 is held to the fp32 one)."""
+    return settings["thresholds"].get(artifact, settings["thresholds"][FP32])
+
+
 class ParityFailed(RuntimeError):
     """An artifact disagrees with the PyTorch model beyond the configured threshold."""
 
@@ -300,7 +305,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if failed:
         lines = [
             f"{n}: top-1 agreement {manifest[n]['parity']['top1_agreement']:.4f} < "
-            f"{settings['thresholds'][n]:.4f}, max abs logit diff "
+            f"{threshold_of(settings, n):.4f}, max abs logit diff "
             f"{manifest[n]['parity']['max_abs_logit_diff']:.4g}, accuracy "
             f"{manifest[n]['parity']['accuracy']:.4f} (torch "
             f"{manifest[n]['parity']['accuracy_torch']:.4f}); kept as {folder / (n + '.failed')}"
@@ -396,7 +401,7 @@ def _write_artifacts(
         checks.update(parity(reference, {n: r for n, r in runners.items() if n == FP32}, tests))
     for name, check in checks.items():
         check["reference"] = "torch fp32" if int8_net is None or name == FP32 else "torch int8"
-        threshold = settings["thresholds"].get(name, settings["thresholds"][FP32])
+        threshold = threshold_of(settings, name)
         manifest[name]["parity"] = check
         manifest[name]["passed"] = check["top1_agreement"] >= threshold
         manifest[name]["size_bytes"] = temporary[name].stat().st_size

@@ -79,6 +79,36 @@ class Positions(nn.Module):
         return self.head((self.tokens(input_ids) + self.positions(positions)).mean(1))
 
 
+class DropoutAttention(nn.Module):
+    """Dropout as Hugging Face attention has it: a module, and sdpa's dropout_p by mode."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.proj(x).unsqueeze(1)  # (N, 1 head, tokens, 8)
+        p = 0.5 if self.training else 0.0
+        return self.drop(F.scaled_dot_product_attention(q, q, q, dropout_p=p)).sum(1)[:, 0]
+
+
+def test_dropout_follows_the_mode_of_prepared_and_int8_graphs() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, 8)
+    prepared = prepare_qat(DropoutAttention(), x)
+    observe_once(prepared, x)
+
+    def random(net: nn.Module) -> bool:
+        with torch.no_grad():
+            return not torch.equal(net(x), net(x))
+
+    assert random(prepared.train())
+    assert not random(prepared.eval())  # validation during QAT: no dropout
+    assert random(prepared.train())  # back to training: dropout again
+    assert not random(convert_int8(prepared))  # the int8 network: inference only
+
+
 def test_prepared_and_int8_graphs_follow_the_device_of_their_input() -> None:
     example = {"input_ids": torch.zeros(1, 6, dtype=torch.long)}
     prepared = prepare_qat(Positions(), example)

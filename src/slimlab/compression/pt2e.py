@@ -53,6 +53,7 @@ REDUCED_RANGE_BACKENDS = ("x86", "fbgemm")
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 BN_FROZEN = "slimlab_bn_frozen"  # in a prepared graph's meta: batch norm kept in eval mode
 CONVERTED = "slimlab_int8"  # in a converted graph's meta
+DROPOUT_P = "slimlab_dropout_p"  # in an attention node's meta: its dropout_p when training
 ADD_OPS = (torch.ops.aten.add.Tensor, torch.ops.aten.add_.Tensor, operator.add)
 RELU_OPS = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
 
@@ -218,6 +219,39 @@ def _drop_batch_counters(graph_module: torch.fx.GraphModule) -> None:
     graph_module.recompile()
 
 
+def _set_dropout(graph_module: torch.fx.GraphModule, training: bool) -> None:
+    """Switch every dropout the exported graph holds: `aten.dropout` / `native_dropout` nodes
+    and the `dropout_p` that `scaled_dot_product_attention` got at export (Hugging Face
+    attention passes `dropout_p` by training mode, which torch.export freezes into the graph).
+
+    torchao's `move_exported_model_to_eval` matches `F.dropout` patterns only; a graph left
+    with training-mode dropout is random in evaluation (a converted BERT disagreed with itself).
+    """
+    changed = False
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        if node.target in (torch.ops.aten.dropout.default, torch.ops.aten.native_dropout.default):
+            if len(node.args) >= 3 and node.args[2] != training:
+                node.args = (*node.args[:2], training, *node.args[3:])
+                changed = True
+        elif node.target == torch.ops.aten.scaled_dot_product_attention.default:
+            if "dropout_p" in node.kwargs:
+                current = node.kwargs["dropout_p"]
+            else:
+                current = node.args[4] if len(node.args) > 4 else 0.0
+            p = node.meta.setdefault(DROPOUT_P, current)
+            wanted = p if training else 0.0
+            if current != wanted:
+                if "dropout_p" in node.kwargs or len(node.args) <= 4:
+                    node.kwargs = {**node.kwargs, "dropout_p": wanted}
+                else:
+                    node.args = (*node.args[:4], wanted, *node.args[5:])
+                changed = True
+    if changed:
+        graph_module.recompile()
+
+
 def _train_or_eval(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.GraphModule:
     """`train()` of a prepared graph: the module flags, and its batch-norm and dropout ops
     (torchao's move_exported_model_to_train/eval); a frozen batch norm stays in eval mode."""
@@ -229,6 +263,7 @@ def _train_or_eval(self: torch.fx.GraphModule, mode: bool = True) -> torch.fx.Gr
             compat.set_exported_batchnorm_training(self, training=False)
     else:
         pt2e.move_exported_model_to_eval(self)
+    _set_dropout(self, training=mode)
     return self
 
 
@@ -344,6 +379,7 @@ def convert_int8(net: torch.fx.GraphModule) -> torch.fx.GraphModule:
         converted.__dict__.pop(name, None)
     converted.meta.pop(BN_FROZEN, None)
     converted.meta[CONVERTED] = True
+    _set_dropout(converted, training=False)  # inference only
     _drop_unused_attributes(converted)
     return converted.eval()
 

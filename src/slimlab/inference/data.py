@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from slimlab.models.classification import TARGET_KEY
 from slimlab.utils.errors import ConfigError
 
 IDENTITY = {"dtype": "float32", "scale": 1.0, "mean": [0.0], "std": [1.0]}
@@ -59,12 +60,16 @@ def input_spec(example: Any, preprocessing: Mapping[str, Any]) -> list[dict[str,
 
 
 def model_batches(datamodule: Any, split: str, limit: int | None = None) -> Iterator[tuple]:
-    """(network input, labels) batches of a data module's split, normalised as in training."""
+    """(network input, labels) batches of a data module's split, normalised as in training; a
+    dict batch (text models) becomes (the dict of inputs, its "labels")."""
     loader = {"train": datamodule.train_dataloader, "test": datamodule.test_dataloader}[split]()
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             return
-        yield datamodule.on_after_batch_transfer(batch, 0)
+        batch = datamodule.on_after_batch_transfer(batch, 0)
+        if isinstance(batch, Mapping):
+            batch = ({k: v for k, v in batch.items() if k != TARGET_KEY}, batch[TARGET_KEY])
+        yield batch
 
 
 def drift_reference(
