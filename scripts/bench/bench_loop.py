@@ -487,9 +487,9 @@ def startup_table(s: dict[str, Any]) -> str:
     med = s["imports_median_s"]
     rows = [
         ("`python train.py` on digits, whole process", s["cli_total_s"]),
-        ("  imports (interpreter, hydra, slimlab.train and what it imports)", s["cli_imports_s"]),
-        ("  set-up (compose, run folder, building, config print, exit)", s["cli_setup_s"]),
-        ("  the run: fit + test (metrics.json's wall_time_s)", s["cli_run_s"]),
+        ("… imports (interpreter, hydra, slimlab.train and what it imports)", s["cli_imports_s"]),
+        ("… set-up (compose, run folder, building, config print, exit)", s["cli_setup_s"]),
+        ("… the run: fit + test (metrics.json's wall_time_s)", s["cli_run_s"]),
         ("bare interpreter (`python -c pass`)", med["python"]),
         ("`import lightning`", med["lightning"]),
         ("`import hydra, slimlab.train, slimlab.utils.task`", med["slimlab.train"]),
@@ -519,8 +519,11 @@ def update_docs(runs: list[dict[str, Any]]) -> None:
     machine = []
     for results in runs:
         done = [part for part in ("loop", "startup", "threads") if part in results]
-        if "loop" in results:
-            blocks["loop"] = results["loop_table"]
+        if "loop" in results:  # the rows of several results files go into one table
+            rows = results["loop_table"].splitlines()
+            blocks["loop"] = (
+                "\n".join([blocks["loop"], *rows[2:]]) if "loop" in blocks else "\n".join(rows)
+            )
             done[0] = "loop (" + ", ".join(results["loop"]) + ")"
         if "startup" in results:
             blocks["startup"] = startup_table(results["startup"])
