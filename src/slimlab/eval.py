@@ -3,7 +3,8 @@
 What happens when, inside `task_wrapper` (slimlab/utils/task.py owns the run's cleanup):
 
 1. `ckpt_path` is resolved: a file, a run folder (its best checkpoint), `best` (the best
-   checkpoint of the newest run of `name`) or `latest` (its newest last.ckpt).
+   checkpoint of the newest run of `name`) or `latest` (its newest last.ckpt). torch's CPU
+   threads are set (`threads`, slimlab/utils/threads.py).
 2. The module is rebuilt from the checkpoint alone (`load_module`): its class, its pruned
    or quantized structure, its weights.
 3. The data: `data=<option>` if given (split with `seed`, by default the checkpoint's own
@@ -32,6 +33,7 @@ from slimlab.utils.instantiate import (
 from slimlab.utils.logging import get_logger
 from slimlab.utils.noise import quiet_structure_restore
 from slimlab.utils.task import apply_extras, task_wrapper, write_summary
+from slimlab.utils.threads import apply_threads
 
 log = get_logger(__name__)
 
@@ -70,6 +72,7 @@ def evaluate(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
         cfg.ckpt_path, cfg.paths.log_dir, "train", cfg.name, folder_pick="best"
     )
     assert ckpt_path is not None
+    apply_threads(cfg.get("threads", "auto"), cfg.get("trainer"))
     log.info(f"Loading <{ckpt_path}>")
     with quiet_structure_restore():
         model = load_module(ckpt_path, cfg.get("model_class"))

@@ -3,7 +3,8 @@
 What happens when, inside `task_wrapper` (slimlab/utils/task.py owns the run's cleanup):
 
 1. Checks that need nothing built: train/test flags, the seed, the checkpoint to resume
-   (`ckpt_path`: a file, a run folder, `latest` or `best`).
+   (`ckpt_path`: a file, a run folder, `latest` or `best`). torch's CPU threads are set
+   (`threads`, slimlab/utils/threads.py).
 2. Build, in this order: datamodule; model (its config's own `_recursive_` decides whether
    Hydra builds `net`, `optimizer`, `scheduler` first, as lightning-hydra-template modules
    expect); the optimizer and scheduler on a dummy parameter (torch checks their values);
@@ -15,7 +16,7 @@ What happens when, inside `task_wrapper` (slimlab/utils/task.py owns the run's c
    says so and validates it instead.
 5. test: this run's best checkpoint (or the resumed one when nothing was trained).
 6. metrics.json (rank 0): val/test metrics, this run's best, last and tested checkpoints,
-   params, wall time, the compression report.
+   params, wall time, CPU threads, the compression report.
 7. `main` returns `optimized_metric` for sweeps.
 """
 
@@ -52,6 +53,7 @@ from slimlab.utils.instantiate import (
 )
 from slimlab.utils.logging import get_logger
 from slimlab.utils.task import apply_extras, run_config, task_wrapper, write_summary
+from slimlab.utils.threads import apply_threads
 
 log = get_logger(__name__)
 
@@ -122,6 +124,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     ckpt_path = resolve_checkpoint(
         cfg.get("ckpt_path"), cfg.paths.log_dir, cfg.task_name, cfg.get("name", "default")
     )
+    threads = apply_threads(cfg.get("threads", "auto"), cfg.get("trainer"))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     install_hydra_ddp_launcher()
@@ -199,6 +202,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, Any], dict[str, Any]]:
             "resumed_from": ckpt_path,
             "params": count_parameters(_net_or_module(model)),
             "wall_time_s": round(wall_time, 3),
+            "threads": threads,
             "epochs_run": trainer.current_epoch,
         }
         if finished is not None:

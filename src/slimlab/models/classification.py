@@ -10,7 +10,9 @@ What happens when:
   `self(...)` (`call_net`: a tensor positionally, a dict as keyword arguments) and
   `logits_of` takes the logits from whatever the net returned; cross-entropy plus the loss
   terms compression added (`combine_loss`) is the training loss.
-- logged: train/loss, train/task_loss, train/acc (and train/<term> per loss term), val/loss,
+- logged once per epoch, from the epoch-end hooks (`EpochMeans`: steps only add to running
+  sums on the device, no per-step `self.log`; means over every sample of all processes):
+  train/loss, train/task_loss, train/acc (and train/<term> per loss term), val/loss,
   val/acc, val/acc_best, test/loss, test/acc.
 """
 
@@ -22,11 +24,10 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
 from slimlab.models.base import SlimModule, call_net, logits_of
+from slimlab.models.epoch_means import EpochMeans
 from slimlab.utils.errors import require
 from slimlab.utils.plain import to_plain
 
@@ -82,11 +83,10 @@ class ClassificationModule(SlimModule):
         )
         self.net: nn.Module = instantiate(net)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.val_loss = MeanMetric()
-        self.val_acc_best = MaxMetric()
+        self.train_means = EpochMeans()  # summed per step, logged at the epoch's end
+        self.val_means = EpochMeans()
+        self.test_means = EpochMeans()
+        self.val_acc_best: torch.Tensor | None = None  # this fit's best val/acc
         self.__dict__["_compiled"] = None  # not a submodule: keeps state_dict keys unchanged
 
     @override
@@ -123,9 +123,20 @@ class ClassificationModule(SlimModule):
             f"{data_classes} classes: set model.num_classes={data_classes}",
         )
 
+    def _log_epoch(
+        self, stage: str, means: EpochMeans, prog_bar: tuple[str, ...] = ()
+    ) -> dict[str, torch.Tensor]:
+        """Log `means` as `<stage>/<name>` (summed over processes first); return them."""
+        values = means.compute(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+        means.reset()
+        for name, value in values.items():
+            # already global means: sync_dist=True only keeps Lightning's DDP warning away
+            self.log(f"{stage}/{name}", value, prog_bar=name in prog_bar, sync_dist=True)
+        return values
+
     @override
     def on_train_start(self) -> None:
-        self.val_acc_best.reset()
+        self.val_acc_best = None
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -133,37 +144,48 @@ class ClassificationModule(SlimModule):
         logits = call_net(self, inputs)
         task_loss = self.criterion(logits, y)
         loss, parts = self.combine_loss(task_loss, batch, logits)
-        self.train_acc(logits, y)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-        self.log("train/task_loss", task_loss, on_step=False, on_epoch=True, sync_dist=True)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
-        for name, value in parts.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, sync_dist=True)
+        acc = (logits.detach().argmax(-1) == y).float().mean()
+        self.train_means.update(len(y), loss=loss, task_loss=task_loss, acc=acc, **parts)
         return loss
+
+    @override
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train", self.train_means, prog_bar=("loss",))
+
+    @override
+    def on_validation_epoch_start(self) -> None:
+        self.val_means.reset()
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         inputs, y = self.split_batch(batch)
         logits = call_net(self, inputs)
-        self.val_loss(self.criterion(logits, y))
-        self.val_acc(logits, y)
-        self.log("val/loss", self.val_loss, on_step=False, on_epoch=True, prog_bar=True)
-        self.log("val/acc", self.val_acc, on_step=False, on_epoch=True, prog_bar=True)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.val_means.update(len(y), loss=self.criterion(logits, y), acc=acc)
 
     @override
     def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking:
+        values = self._log_epoch("val", self.val_means, prog_bar=("loss", "acc"))
+        if self.trainer.sanity_checking or "acc" not in values:
             return
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
+        best = self.val_acc_best
+        self.val_acc_best = values["acc"] if best is None else torch.maximum(best, values["acc"])
+        self.log("val/acc_best", self.val_acc_best, sync_dist=True, prog_bar=True)
+
+    @override
+    def on_test_epoch_start(self) -> None:
+        self.test_means.reset()
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
         inputs, y = self.split_batch(batch)
         logits = call_net(self, inputs)
-        self.test_acc(logits, y)
-        self.log("test/loss", self.criterion(logits, y), on_epoch=True, sync_dist=True)
-        self.log("test/acc", self.test_acc, on_step=False, on_epoch=True)
+        acc = (logits.argmax(-1) == y).float().mean()
+        self.test_means.update(len(y), loss=self.criterion(logits, y), acc=acc)
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test", self.test_means)
 
     @override
     def configure_optimizers(self) -> Any:
