@@ -156,7 +156,9 @@ def render(results: list[Result], env: dict[str, Any] | None) -> str:
 
 
 def write_block(doc: Path, start: str, end: str, text: str) -> None:
-    """Replace what lies between the `start` and `end` markers of `doc` with `text`."""
+    """Replace what lies between the `start` and `end` markers of `doc` with `text` (this
+    script runs with the standard library alone on a fresh GPU machine, so it does not use
+    slimlab.utils.run_files.replace_doc_block, the benchmarks' writer)."""
     content = doc.read_text()
     if start not in content or end not in content:
         raise SystemExit(f"{doc} has no {start} ... {end} block to fill")

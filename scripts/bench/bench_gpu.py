@@ -49,10 +49,9 @@ from torch.utils.data import Dataset, TensorDataset
 from slimlab.data.base import ClassificationDataModule
 from slimlab.utils.compose import compose_config
 from slimlab.utils.instantiate import instantiate_callbacks, instantiate_loggers
+from slimlab.utils.run_files import replace_doc_block
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-from gpu_summary import write_block  # noqa: E402  (docs/gpu.md's block writer)
 
 DOC = ROOT / "docs" / "gpu.md"
 START, END = "<!-- bench_gpu:start -->", "<!-- bench_gpu:end -->"
@@ -291,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         (args.out / "bench_gpu.md").write_text(table + "\n")
         print(f"wrote {args.out / 'bench_gpu.json'} and bench_gpu.md", file=sys.stderr)
     if args.update_docs:
-        write_block(args.doc, START, END, table)
+        replace_doc_block(args.doc, START, END, table)
         print(f"wrote {args.doc}", file=sys.stderr)
     return 0
 

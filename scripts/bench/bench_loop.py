@@ -67,15 +67,16 @@ from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "performance.md"
-sys.path.insert(0, str(ROOT / "scripts"))
 HEAVY = ("onnx", "onnxruntime", "transformers", "bitsandbytes", "wandb", "optuna")
-
-from gpu_summary import write_block  # noqa: E402  (the docs block writer)
 
 import slimlab.utils.resolvers  # noqa: E402,F401  (registers ${slimlab.*})
 from slimlab.train import train  # noqa: E402
 from slimlab.utils.compose import compose_config  # noqa: E402
-from slimlab.utils.run_files import bench_results_path, write_json_atomic  # noqa: E402
+from slimlab.utils.run_files import (  # noqa: E402
+    bench_results_path,
+    replace_doc_block,
+    write_json_atomic,
+)
 
 # every SlimLab run: early stopping and the progress bar off (the measurement)
 COMMON = (
@@ -532,7 +533,7 @@ def update_docs(runs: list[dict[str, Any]]) -> None:
         machine.append(machine_line(results["machine"], ", ".join(done)))
     blocks["machine"] = "\n".join(machine)
     for name, text in blocks.items():
-        write_block(DOC, f"<!-- bench_loop:{name} -->", f"<!-- /bench_loop:{name} -->", text)
+        replace_doc_block(DOC, f"<!-- bench_loop:{name} -->", f"<!-- /bench_loop:{name} -->", text)
     print(f"wrote {DOC}", file=sys.stderr)
 
 

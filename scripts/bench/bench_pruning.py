@@ -42,7 +42,11 @@ from slimlab.compression.pruning import build_pruner, find_head, prune_step  # n
 from slimlab.models.nets import CifarResNet, SmallCNN  # noqa: E402
 from slimlab.train import train  # noqa: E402
 from slimlab.utils.compose import compose_config  # noqa: E402
-from slimlab.utils.run_files import bench_results_path, write_json_atomic  # noqa: E402
+from slimlab.utils.run_files import (  # noqa: E402
+    bench_results_path,
+    replace_doc_block,
+    write_json_atomic,
+)
 
 
 def train_digits(experiment: str, seed: int, epochs: int, workdir: Path) -> tuple[float, object]:
@@ -176,12 +180,7 @@ def main() -> None:
     write_json_atomic(args.out, results)
     print(f"wrote {args.out}", file=sys.stderr)
     if args.update_docs:
-        text = DOC.read_text()
-        if START not in text or END not in text:
-            raise SystemExit(f"{DOC} has no {START} ... {END} block to fill")
-        before, rest = text.split(START, 1)
-        _, after = rest.split(END, 1)
-        DOC.write_text(f"{before}{START}\n{table}\n{END}{after}")
+        replace_doc_block(DOC, START, END, table)
         print(f"wrote {DOC}", file=sys.stderr)
 
 
