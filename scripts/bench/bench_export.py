@@ -1,28 +1,22 @@
 """Export benchmark: torch fp32 eager vs torch int8 vs onnxruntime fp32 / int8, one CPU thread.
 
-    python scripts/bench/bench_export.py                  # ~20 min on a quiet 2-core CPU
+    python scripts/bench/bench_export.py                  # ~10 min on a quiet 2-core CPU
     python scripts/bench/bench_export.py --update-docs    # also rewrite docs/export.md's table
 
 Models:
-- through train.py's `train()` and export.py's `export()` (its wall time is the "export under
-  30 s" target): the digits CNN (`experiment=digits_cnn`, a float checkpoint: onnxruntime
-  static quantization), the QAT digits CNN (`experiment=digits_qat`) and the recipe's int8
-  student (`experiment=digits_compress`, from the digits CNN as teacher): QAT checkpoints,
-  whose int8 file carries their own scales;
-- a 32x32 SmallCNN (32/64/128) and ResNet-20, trained for a few fp32 epochs on the digits
-  upscaled to 3x32x32 (CIFAR-10 needs a download; the latency does not depend on the data),
-  then 2 QAT epochs on the PT2E stack (the QAT callback's functions), exported with the same
-  library functions as export.py.
+- the digits CNN (`experiment=digits_cnn`, trained here) and the recipe's student (the
+  SmallCNN with half the channels that `experiment=digits_compress` ends with, 16/32/64,
+  trained here as a float model), both exported by export.py's own `export()` (its wall time
+  is the "export under 30 s" target);
+- a 32x32 SmallCNN (32/64/128) and ResNet-20, trained for a few epochs on the digits upscaled
+  to 3x32x32 (CIFAR-10 needs a download; the latency does not depend on the data), exported
+  with the same library functions.
 
-Rows: torch fp32 eager (the float network); torch int8 on the chosen stack (the converted
-PT2E network, which PyTorch runs as reference quantize/dequantize ops: not a deployment
-speed; `--torch-compile` adds it compiled by inductor); onnxruntime fp32 (model.onnx),
-onnxruntime int8 of the QAT network (QDQ with the learned scales: what export.py writes for a
-QAT checkpoint) and, for the 32x32 nets, onnxruntime static quantization of the float network
-(calibrated on 8 training batches: what export.py writes for a float checkpoint). Batch 1 and
-64, one thread, interleaved medians. Accuracy is on the test split; the int8 rows' agreement
-is with the network they come from. Results go to logs/bench/export.json; docs change only
-with --update-docs.
+Columns: torch fp32 eager; torch int8 on the chosen stack (torchao PT2E post-training
+quantization with X86InductorQuantizer, run by torch.compile);
+onnxruntime fp32 (model.onnx) and int8 (onnxruntime static QDQ, calibrated on 8 training
+batches). Batch 1 and 64, one thread, interleaved medians. Accuracy is on the test split.
+Results go to logs/bench/export.json; docs change only with --update-docs.
 """
 
 from __future__ import annotations
