@@ -9,7 +9,8 @@ imported only inside the functions that need it. (8-bit optimizers are an optimi
 - `BitsAndBytesWeights`, timeline: `setup` checks the strategy and the module's contract
   (before training, in train.py); when testing starts it measures the network, swaps its
   linear layers, records ``{"kind": "bnb", ...}`` in the checkpointed structure log (replayed
-  by `restore_bnb`, so a checkpoint saved afterwards reloads quantized) and reports test
+  by `restore_bnb`, so a checkpoint saved afterwards reloads quantized), writes the quantized
+  network as `<tested checkpoint>-<mode>.ckpt` (what eval.py then loads) and reports test
   accuracy, params, MACs, size and latency before vs after. Use it from train.py
   (`compression=bnb_weights`) or eval.py (`+callbacks.bnb._target_=slimlab.compression.
   bnb_weights.BitsAndBytesWeights +callbacks.bnb.mode=nf4`).
@@ -18,6 +19,7 @@ imported only inside the functions that need it. (8-bit optimizers are an optimi
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -155,6 +157,25 @@ class BitsAndBytesWeights(CompressionCallback):
                 f"bitsandbytes to quantize ({KEY}.skip may list them all)",
             )
 
+    def _save_quantized(self, trainer: L.Trainer) -> Path | None:
+        """Write the quantized network as `<tested checkpoint>-<mode>.ckpt` beside the tested
+        checkpoint (`checkpoints/<mode>.ckpt` when none was loaded), weights only; `load_module`
+        and eval.py reload it quantized (the structure log replays the swap). An existing file
+        is kept."""
+        if trainer.fast_dev_run:
+            return None
+        tested = trainer.ckpt_path
+        if tested:
+            path = Path(tested).with_name(f"{Path(tested).stem}-{self.mode}.ckpt")
+        else:
+            path = Path(trainer.default_root_dir) / "checkpoints" / f"{self.mode}.ckpt"
+        if path.exists():
+            log.info(f"bitsandbytes: {path} exists, kept as it is")
+            return path
+        trainer.save_checkpoint(path, weights_only=True)
+        log.info(f"bitsandbytes: saved the {self.mode} model to {path} (eval.py reloads it)")
+        return path
+
     @override
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         assert isinstance(pl_module, SlimModule)
@@ -171,6 +192,7 @@ class BitsAndBytesWeights(CompressionCallback):
         pl_module.record_structure({"kind": "bnb", "mode": self.mode, "modules": names})
         pl_module.net_changed()
         log.info(f"bitsandbytes: {len(names)} linear layers now hold {self.mode} weights")
+        saved = self._save_quantized(trainer)
         if not self.report.enabled:
             return
         counts += measure.loop_top1_counts(trainer, pl_module, net, loaders, device)
@@ -182,6 +204,7 @@ class BitsAndBytesWeights(CompressionCallback):
         section = {
             "method": f"bitsandbytes {self.mode} linear weights",
             "layers": names,
+            "checkpoint": str(saved) if saved else None,
             **measure.compare(before, after),
         }
         if "test_acc" in before:
