@@ -49,7 +49,9 @@ from slimlab.utils.run_files import (  # noqa: E402
 )
 
 
-def run(experiment: str, seed: int, epochs: int, workdir: Path, *extra: str) -> tuple[float, dict]:
+def run(
+    experiment: str, seed: int, epochs: int, workdir: Path, *extra: str, tag: str = ""
+) -> tuple[float, dict]:
     """Train `experiment` on the digits split of data.seed=42; return (test acc, objects)."""
     overrides = [
         f"experiment={experiment}",
@@ -59,7 +61,7 @@ def run(experiment: str, seed: int, epochs: int, workdir: Path, *extra: str) -> 
         *QUIET,
         *extra,
     ]
-    cfg = compose_config(overrides, workdir / f"{experiment}_{seed}")
+    cfg = compose_config(overrides, workdir / f"{experiment}{tag}_{seed}")
     metrics, objects = train(cfg)
     return float(metrics["test/acc"]), objects
 
@@ -76,7 +78,12 @@ def main() -> None:
     torch.set_num_threads(1)
     started = time.time()
     load_before = round(os.getloadavg()[0], 2)
-    accs: dict[str, list[float]] = {"dense": [], "pruned": [], "kd": []}
+    accs: dict[str, list[float]] = {"dense": [], "pruned": [], "kd": [], "int8": []}
+    qat_start = args.epochs // 2
+    qat_freeze = args.epochs - max(1, args.epochs // 10)  # int8 ranges frozen from here on
+    qat_freeze_key = [f"compression.qat.freeze_observer_epoch={qat_freeze}"] * (
+        qat_freeze > qat_start
+    )
     nets: dict[str, torch.nn.Module] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -100,6 +107,16 @@ def main() -> None:
                 "compression.distill.report.latency=false",
             )  # fmt: skip
             accs["kd"].append(acc)
+            acc, objects = run(
+                "digits_vit", seed, args.epochs, workdir,
+                "compression=qat",
+                f"compression.qat.start_epoch={qat_start}",
+                *qat_freeze_key,
+                "compression.qat.report.latency=false",
+                tag="_qat",
+            )  # fmt: skip
+            accs["int8"].append(acc)  # the converted int8 network is the one tested
+            nets["int8"] = objects["model"].net.cpu().eval()
             print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()))
 
     example = torch.zeros(1, 1, 8, 8)
@@ -108,12 +125,20 @@ def main() -> None:
     keep = [find_head(narrow, example)]
     prune_step(build_pruner(narrow, example, "l1", "local", None, keep, 0.5, 1, head_amount=0.5))
     nets["narrow"] = narrow.eval()
-    timings = {name: [] for name in nets}
-    for _ in range(3):  # interleaved rounds: load changes hit both alike
-        for name, net in nets.items():
+    # where each network runs: the int8 one as QDQ ONNX in onnxruntime (PyTorch runs a converted
+    # PT2E graph as reference quantize/dequantize ops), the dense one there too for reference
+    runs_on = {name: ("torch", net) for name, net in nets.items() if name != "int8"}
+    runs_on["dense_ort"] = ("onnxruntime", nets["dense"])
+    runs_on["int8"] = ("onnxruntime", nets["int8"])
+    timings = {name: [] for name in runs_on}
+    for _ in range(3):  # interleaved rounds: load changes hit all alike
+        for name, (runtime, net) in runs_on.items():
             timings[name].append(
-                measure(net, example, batch_sizes=(1, 64), repeats=args.repeats, threads=1)
-            )
+                measure(
+                    net, example, batch_sizes=(1, 64), repeats=args.repeats, threads=1,
+                    runtime=runtime,
+                )
+            )  # fmt: skip
     timed = {
         name: {
             **runs[0],
@@ -124,10 +149,18 @@ def main() -> None:
     }
     pruned = compare(timed["dense"], timed["pruned"])
     narrowed = compare(timed["dense"], timed["narrow"])
+    dense_ort = compare(timed["dense"], timed["dense_ort"])
+    int8 = compare(timed["dense"], timed["int8"])
     mean = {k: statistics.mean(v) for k, v in accs.items()}
     gap = teacher_acc - mean["dense"]
     closed = (mean["kd"] - mean["dense"]) / gap if gap > 0 else float("nan")
     heads = sorted(set(head_counts(nets["pruned"]).values()))
+
+    int8_drop = 100 * (mean["dense"] - mean["int8"])
+    int8_speedup = int8["speedup_b64"]
+
+    def verdict(met: bool) -> str:
+        return "met" if met else "**not met**"
 
     def pct(values: list[float]) -> str:
         each = ", ".join(f"{100 * v:.1f}" for v in values)
@@ -148,11 +181,22 @@ def main() -> None:
         f"| {timed['narrow']['latency_ms_b64']:.1f} | {narrowed['speedup_b64']:.2f}x |",
         f"| KD from the CNN teacher (T=4, alpha=0.5) | {pct(accs['kd'])} "
         f"| {count_params(nets['dense']):,} | – | – | – |",
+        f"| dense, ONNX fp32 in onnxruntime (reference) | – "
+        f"| {count_params(nets['dense']):,} | {timed['dense_ort']['latency_ms_b1']:.2f} "
+        f"| {timed['dense_ort']['latency_ms_b64']:.1f} | {dense_ort['speedup_b64']:.2f}x |",
+        f"| int8 QAT (PT2E, fake-quant from epoch {qat_start}), ONNX QDQ in onnxruntime "
+        f"| {pct(accs['int8'])} | int8 weights, {timed['int8']['size_bytes'] / 1e3:.0f} kB "
+        f"(fp32 {timed['dense']['size_bytes'] / 1e3:.0f} kB) "
+        f"| {timed['int8']['latency_ms_b1']:.2f} "
+        f"| {timed['int8']['latency_ms_b64']:.1f} | {int8_speedup:.2f}x |",
         "",
         f"CNN teacher (`digits_cnn`, {args.teacher_epochs} epochs): {100 * teacher_acc:.2f} %. "
         f"Pruning changes accuracy by {100 * (mean['pruned'] - mean['dense']):+.2f} points; KD "
         f"by {100 * (mean['kd'] - mean['dense']):+.2f} points, closing {100 * closed:.0f} % of "
-        f"the gap to the teacher ({100 * gap:+.2f} points).",
+        f"the gap to the teacher ({100 * gap:+.2f} points). int8 vs fp32 eager at batch 64: "
+        f"{int8_speedup:.2f}x (target >= 2x: {verdict(int8_speedup >= 2.0)}), accuracy "
+        f"{0.0 - int8_drop:+.2f} points vs dense (target <= 1 point drop: "
+        f"{verdict(int8_drop <= 1.0)}).",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} logical CPUs shared with other jobs, torch {torch.__version__}; "
@@ -172,6 +216,8 @@ def main() -> None:
             "gap_closed": closed,
             "pruned_vs_dense": pruned,
             "narrow_vs_dense": narrowed,
+            "onnx_fp32_vs_dense": dense_ort,
+            "int8_vs_dense": int8,
             "args": {k: str(v) for k, v in vars(args).items()},
         },
     )
