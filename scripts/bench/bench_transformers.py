@@ -1,5 +1,5 @@
-"""Transformer benchmark: the digits ViT dense, with half its heads and MLP width pruned, and
-distilled from a CNN teacher (DeiT-style).
+"""Transformer benchmark: the digits ViT dense, with half its heads and MLP width pruned,
+distilled from a CNN teacher (DeiT-style), and quantized to int8 by QAT.
 
     python scripts/bench/bench_transformers.py                 # logs/bench/transformers.json
     python scripts/bench/bench_transformers.py --update-docs   # also docs/transformers.md
@@ -7,14 +7,19 @@ distilled from a CNN teacher (DeiT-style).
 
 1. Accuracy: `experiment=digits_cnn` (the teacher, once), then per seed `experiment=digits_vit`
    (dense), `experiment=digits_vit_prune` (50% of the heads and of the MLP width removed at a
-   third of the epochs, fine-tuned) and `experiment=digits_vit_distill` (KD from that CNN
-   teacher), all through `slimlab.train.train` on the same data split (data.seed=42) with the
-   model seed varied. "Gap closed" = (KD acc - dense acc) / (teacher acc - dense acc).
-2. Latency: the trained dense and pruned ViTs, median of `--repeats` forward passes at batch 1
-   and 64 on one CPU thread, measured in this one process, so the ratio compares like with like
-   on a busy machine.
+   third of the epochs, fine-tuned), `experiment=digits_vit_distill` (KD from that CNN
+   teacher) and `experiment=digits_vit compression=qat` (fp32 for the first half of the
+   epochs, then PT2E fake quantization, int8 ranges frozen for the last tenth, converted to an
+   int8 x86 network, which is the one tested), all through `slimlab.train.train` on the same
+   data split (data.seed=42) with the model seed varied. "Gap closed" = (KD acc - dense acc) /
+   (teacher acc - dense acc).
+2. Latency: the trained dense and pruned ViTs in PyTorch (fp32 eager), the QAT int8 network
+   exported to QDQ ONNX (`slimlab.utils.onnx.export_onnx`, as export.py writes a QAT
+   checkpoint's model.int8.onnx) and run by onnxruntime with its int8 kernels, and the dense
+   ViT as fp32 ONNX in onnxruntime for reference: median of `--repeats` calls at batch 1 and 64
+   on one CPU thread (onnxruntime: intra_op_num_threads=1), 3 interleaved rounds in this one
+   process, so the ratios compare like with like on a busy machine.
 
-int8 for transformers is not measured here yet: the QAT stack is moving to PT2E (issue 11).
 Results go to logs/bench/transformers.json; docs change only with --update-docs.
 """
 
