@@ -24,6 +24,7 @@ import torch
 from gpu_runs import RUN_TIMEOUT_S, shared_run
 
 from conftest import ROOT, run_cli
+from serving import stop_process
 from slimlab.models.base import load_module
 
 pytestmark = pytest.mark.gpu
@@ -180,10 +181,5 @@ def test_serve_answers_from_a_gpu_trained_checkpoint(
         status, metrics = _request(f"{url}/metrics")
         assert status == 200 and "slimlab_" in str(metrics)
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        stop_process(server)
         log.close()
