@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from slimlab.models.classification import TARGET_KEY
+from slimlab.models.classification import split_batch
 from slimlab.utils.errors import ConfigError
 
 IDENTITY = {"dtype": "float32", "scale": 1.0, "mean": [0.0], "std": [1.0]}
@@ -66,10 +66,7 @@ def model_batches(datamodule: Any, split: str, limit: int | None = None) -> Iter
     for i, batch in enumerate(loader):
         if limit is not None and i >= limit:
             return
-        batch = datamodule.on_after_batch_transfer(batch, 0)
-        if isinstance(batch, Mapping):
-            batch = ({k: v for k, v in batch.items() if k != TARGET_KEY}, batch[TARGET_KEY])
-        yield batch
+        yield split_batch(datamodule.on_after_batch_transfer(batch, 0))
 
 
 def drift_reference(

@@ -34,6 +34,15 @@ from slimlab.utils.plain import to_plain
 TARGET_KEY = "labels"  # where a dict batch holds its class labels (Hugging Face's name)
 
 
+def split_batch(batch: Any) -> tuple[Any, torch.Tensor]:
+    """(inputs, target) of a batch: an (x, y) pair, or a dict whose "labels" is the target
+    and whose other entries are the net's keyword inputs."""
+    if isinstance(batch, Mapping):
+        return {k: v for k, v in batch.items() if k != TARGET_KEY}, batch[TARGET_KEY]
+    x, y = batch
+    return x, y
+
+
 class ClassificationModule(SlimModule):
     """Trains `self.net` with cross-entropy; logs loss, accuracy and the best val accuracy.
 
@@ -94,12 +103,8 @@ class ClassificationModule(SlimModule):
         self.__dict__["_compiled"] = None
 
     def split_batch(self, batch: Any) -> tuple[Any, torch.Tensor]:
-        """(inputs, target) of a batch: an (x, y) pair, or a dict whose "labels" is the target
-        and whose other entries are the net's keyword inputs."""
-        if isinstance(batch, Mapping):
-            return {k: v for k, v in batch.items() if k != TARGET_KEY}, batch[TARGET_KEY]
-        x, y = batch
-        return x, y
+        """(inputs, target) of a batch (`split_batch`; a subclass may read other layouts)."""
+        return split_batch(batch)
 
     @override
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
