@@ -68,15 +68,15 @@ def run_entry(main: Callable[[], Any]) -> None:
     except Exception as exc:
         if user_full_error == "1":
             raise
-        if isinstance(exc, CompactHydraException) and describe_error(exc) is None:
-            # what Hydra does with these unless HYDRA_FULL_ERROR=1 (a sweep that ended with
-            # failed jobs): the message alone, exit 1
-            print(str(exc), file=sys.stderr, flush=True)
-            sys.exit(1)
         message = describe_error(exc)
-        if message is None:
+        if message is not None:
+            report_and_exit(message)
+        if not isinstance(exc, CompactHydraException):
             raise
-        report_and_exit(message)
+        # what Hydra does with these unless HYDRA_FULL_ERROR=1 (a sweep that ended with failed
+        # jobs): the message alone, exit 1
+        print(str(exc), file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def task_wrapper(task: Callable[[DictConfig], T]) -> Callable[[DictConfig], T]:
