@@ -63,6 +63,23 @@ def run_cli(
     return proc
 
 
+def run_bench(script: str, args: Sequence[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python scripts/bench/<script> args...` in `cwd` (its logs/bench/ lands there, not in
+    the repo: SLIMLAB_ROOT unset), one thread; fails the test on a non-zero exit."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("SLIMLAB_ROOT", None)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 def run_folders(tmp_path: Path) -> list[Path]:
     """Every job folder (one holding .hydra or metrics.json) under tmp_path/logs."""
     logs = tmp_path / "logs"
