@@ -331,3 +331,44 @@ def test_tiny_bert_with_pruned_heads_and_qat_exports_with_parity(tmp_path: Path)
     for name in ("model.onnx", "model.int8.onnx", "model.pt2"):
         assert summary["artifacts"][name]["parity"]["top1_agreement"] == 1.0, name
         assert (out / name).is_file()
+
+
+# -- dynamic int8: the transformer path ----------------------------------------------------------
+@pytest.mark.slow  # ~20 s: a tiny ViT trained for 2 epochs, then exported
+def test_vit_exports_dynamic_int8_with_fp32_convolutions(tmp_path: Path) -> None:
+    from slimlab.train import train
+
+    overrides = [
+        "experiment=digits_vit",
+        "model.net.dim=32",
+        "model.net.depth=1",
+        "model.net.heads=2",
+        "trainer.max_epochs=2",
+        "test=false",
+        "callbacks.rich_progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+    _, objects = train(compose_config(tmp_path / "train", overrides))
+    ckpt = objects["trainer"].checkpoint_callback.best_model_path
+    out = tmp_path / "export"
+    summary = export(
+        export_cfg(
+            tmp_path,
+            f"ckpt_path={ckpt}",
+            f"output_dir={out}",
+            "format=onnx",
+            "quantize=int8_dynamic",
+            "latency.batch_sizes=[64]",
+        )
+    )
+    assert summary["passed"], summary["artifacts"]
+    int8, fp32 = summary["artifacts"]["model.int8.onnx"], summary["artifacts"]["model.onnx"]
+    assert int8["quantization"]["calibration"].startswith("none")
+    assert int8["parity"]["top1_agreement"] >= 0.99
+    # no QDQ pairs: each linear layer's input is quantized per call, its weights are int8
+    assert int8["quantize_linear_nodes"] == 0 and int8["dynamic_quantize_linear_nodes"] > 0
+    assert int8["size_bytes"] < fp32["size_bytes"]
+    x = np.random.default_rng(0).normal(size=(8, 1, 8, 8)).astype(np.float32)
+    kernels = ort_kernels(out / "model.int8.onnx", x)
+    assert {"DynamicQuantizeMatMul", "MatMulInteger"} & kernels
+    assert "Conv" in kernels and "ConvInteger" not in kernels  # the patch embedding stays fp32

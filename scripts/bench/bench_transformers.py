@@ -1,5 +1,5 @@
 """Transformer benchmark: the digits ViT dense, with half its heads and MLP width pruned,
-distilled from a CNN teacher (DeiT-style), and quantized to int8 by QAT.
+distilled from a CNN teacher (DeiT-style), and in int8 (QAT, and dynamic quantization).
 
     python scripts/bench/bench_transformers.py                 # logs/bench/transformers.json
     python scripts/bench/bench_transformers.py --update-docs   # also docs/transformers.md
@@ -12,13 +12,17 @@ distilled from a CNN teacher (DeiT-style), and quantized to int8 by QAT.
    epochs, then PT2E fake quantization, int8 ranges frozen for the last tenth, converted to an
    int8 x86 network, which is the one tested), all through `slimlab.train.train` on the same
    data split (data.seed=42) with the model seed varied. "Gap closed" = (KD acc - dense acc) /
-   (teacher acc - dense acc).
+   (teacher acc - dense acc). The dense ViT is also exported to ONNX and quantized dynamically
+   (int8 MatMul/Gemm weights, activations quantized per call: `export.py
+   quantize=int8_dynamic`, default settings), and that file's accuracy taken on the test split
+   in onnxruntime.
 2. Latency: the trained dense and pruned ViTs in PyTorch (fp32 eager), the QAT int8 network
    exported to QDQ ONNX (`slimlab.utils.onnx.export_onnx`, as export.py writes a QAT
    checkpoint's model.int8.onnx) and run by onnxruntime with its int8 kernels, and the dense
-   ViT as fp32 ONNX in onnxruntime for reference: median of `--repeats` calls at batch 1 and 64
-   on one CPU thread (onnxruntime: intra_op_num_threads=1), 3 interleaved rounds in this one
-   process, so the ratios compare like with like on a busy machine.
+   ViT as fp32 ONNX in onnxruntime for reference, and its dynamic int8 file there: median of
+   `--repeats` calls at batch 1 and 64 on one CPU thread (onnxruntime:
+   intra_op_num_threads=1), 3 interleaved rounds in this one process, so the ratios compare
+   like with like on a busy machine.
 
 Results go to logs/bench/transformers.json; docs change only with --update-docs.
 """
@@ -27,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -36,6 +42,7 @@ import time
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "transformers.md"
@@ -43,8 +50,17 @@ START, END = "<!-- bench_transformers:start -->", "<!-- bench_transformers:end -
 
 import slimlab.utils.resolvers  # noqa: E402,F401  (registers ${slimlab.*})
 from slimlab.compression.heads import head_counts  # noqa: E402
-from slimlab.compression.measure import compare, count_params, measure  # noqa: E402
+from slimlab.compression.measure import (  # noqa: E402
+    compare,
+    count_params,
+    measure,
+    session_latencies,
+)
 from slimlab.compression.pruning import build_pruner, find_head, prune_step  # noqa: E402
+from slimlab.inference.data import model_batches  # noqa: E402
+from slimlab.inference.exporters import export_onnx, quantize_onnx_dynamic  # noqa: E402
+from slimlab.inference.parity import parity  # noqa: E402
+from slimlab.inference.runtime import as_feed, onnx_runner, onnx_session, torch_runner  # noqa: E402
 from slimlab.train import train  # noqa: E402
 from slimlab.utils.compose import QUIET, compose_config  # noqa: E402
 from slimlab.utils.run_files import (  # noqa: E402
@@ -71,6 +87,42 @@ def run(
     return float(metrics["test/acc"]), objects
 
 
+def cpu_int8_features() -> str:
+    """The x86 int8 instructions this CPU has (onnxruntime's int8 speed depends on them)."""
+    try:
+        flags = next(
+            set(line.split(":", 1)[1].split())
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return "int8 instructions unknown"
+    names = {"amx_int8": "AMX", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI"}
+    found = [name for flag, name in names.items() if flag in flags]
+    return ", ".join(found) or ("AVX2, no VNNI" if "avx2" in flags else "no AVX2")
+
+
+def onnxruntime_version() -> str:
+    return importlib.metadata.version("onnxruntime")
+
+
+def dynamic_int8(
+    net: torch.nn.Module, datamodule: object, folder: Path
+) -> tuple[float, object, int]:
+    """Export `net` to ONNX, quantize it dynamically as `export.py quantize=int8_dynamic` does
+    (its default opset and reduce_range); return (its test accuracy in onnxruntime, a
+    one-thread session of it, its size in bytes)."""
+    settings = OmegaConf.load(ROOT / "configs" / "export.yaml")
+    folder.mkdir(parents=True, exist_ok=True)
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
+    export_onnx(net, torch.zeros(1, 1, 8, 8), fp32, settings.opset)
+    quantize_onnx_dynamic(fp32, int8, settings.reduce_range)
+    session = onnx_session(str(int8), threads=1)
+    tests = [(as_feed(x), y.numpy()) for x, y in model_batches(datamodule, "test")]
+    check = parity(torch_runner(net), {"int8": onnx_runner(session)}, tests)["int8"]
+    return check["accuracy"], session, int8.stat().st_size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="ViT runs per variant")
@@ -83,7 +135,9 @@ def main() -> None:
     torch.set_num_threads(1)
     started = time.time()
     load_before = round(os.getloadavg()[0], 2)
-    accs: dict[str, list[float]] = {"dense": [], "pruned": [], "kd": [], "int8": []}
+    accs: dict[str, list[float]] = {
+        "dense": [], "pruned": [], "kd": [], "int8": [], "int8_dynamic": []
+    }  # fmt: skip
     qat_start = args.epochs // 2
     qat_freeze = args.epochs - max(1, args.epochs // 10)  # int8 ranges frozen from here on
     qat_freeze_key = [f"compression.qat.freeze_observer_epoch={qat_freeze}"] * (
@@ -99,6 +153,10 @@ def main() -> None:
             acc, objects = run("digits_vit", seed, args.epochs, workdir)
             accs["dense"].append(acc)
             nets["dense"] = objects["model"].net.cpu().eval()
+            acc, dynamic, dynamic_bytes = dynamic_int8(
+                nets["dense"], objects["datamodule"], workdir / f"dynamic_{seed}"
+            )
+            accs["int8_dynamic"].append(acc)
             acc, objects = run(
                 "digits_vit_prune", seed, args.epochs, workdir,
                 f"compression.prune.start_epoch={args.epochs // 3}",
@@ -135,15 +193,23 @@ def main() -> None:
     runs_on = {name: ("torch", net) for name, net in nets.items() if name != "int8"}
     runs_on["dense_ort"] = ("onnxruntime", nets["dense"])
     runs_on["int8"] = ("onnxruntime", nets["int8"])
-    timings = {name: [] for name in runs_on}
+    timers = {
+        name: functools.partial(
+            measure, net, example, batch_sizes=(1, 64), repeats=args.repeats, threads=1,
+            runtime=runtime,
+        )
+        for name, (runtime, net) in runs_on.items()
+    }  # fmt: skip
+
+    def time_dynamic() -> dict:
+        times = session_latencies(dynamic, example, (1, 64), args.repeats)
+        return {"size_bytes": dynamic_bytes, **{f"latency_ms_b{b}": t for b, t in times.items()}}
+
+    timers["int8_dynamic"] = time_dynamic
+    timings = {name: [] for name in timers}
     for _ in range(3):  # interleaved rounds: load changes hit all alike
-        for name, (runtime, net) in runs_on.items():
-            timings[name].append(
-                measure(
-                    net, example, batch_sizes=(1, 64), repeats=args.repeats, threads=1,
-                    runtime=runtime,
-                )
-            )  # fmt: skip
+        for name, timer in timers.items():
+            timings[name].append(timer())
     timed = {
         name: {
             **runs[0],
@@ -156,13 +222,14 @@ def main() -> None:
     narrowed = compare(timed["dense"], timed["narrow"])
     dense_ort = compare(timed["dense"], timed["dense_ort"])
     int8 = compare(timed["dense"], timed["int8"])
+    dyn = compare(timed["dense"], timed["int8_dynamic"])
     mean = {k: statistics.mean(v) for k, v in accs.items()}
     gap = teacher_acc - mean["dense"]
     closed = (mean["kd"] - mean["dense"]) / gap if gap > 0 else float("nan")
     heads = sorted(set(head_counts(nets["pruned"]).values()))
 
     int8_drop = 100 * (mean["dense"] - mean["int8"])
-    int8_speedup = int8["speedup_b64"]
+    dyn_drop = 100 * (mean["dense"] - mean["int8_dynamic"])
 
     def verdict(met: bool) -> str:
         return "met" if met else "**not met**"
@@ -193,18 +260,25 @@ def main() -> None:
         f"| {pct(accs['int8'])} | int8 weights, {timed['int8']['size_bytes'] / 1e3:.0f} kB "
         f"(fp32 {timed['dense']['size_bytes'] / 1e3:.0f} kB) "
         f"| {timed['int8']['latency_ms_b1']:.2f} "
-        f"| {timed['int8']['latency_ms_b64']:.1f} | {int8_speedup:.2f}x |",
+        f"| {timed['int8']['latency_ms_b64']:.1f} | {int8['speedup_b64']:.2f}x |",
+        f"| dense, dynamic int8 ONNX in onnxruntime (`export.py quantize=int8_dynamic`) "
+        f"| {pct(accs['int8_dynamic'])} | int8 weights, {dynamic_bytes / 1e3:.0f} kB "
+        f"| {timed['int8_dynamic']['latency_ms_b1']:.2f} "
+        f"| {timed['int8_dynamic']['latency_ms_b64']:.1f} | {dyn['speedup_b64']:.2f}x |",
         "",
         f"CNN teacher (`digits_cnn`, {args.teacher_epochs} epochs): {100 * teacher_acc:.2f} %. "
         f"Pruning changes accuracy by {100 * (mean['pruned'] - mean['dense']):+.2f} points; KD "
         f"by {100 * (mean['kd'] - mean['dense']):+.2f} points, closing {100 * closed:.0f} % of "
-        f"the gap to the teacher ({100 * gap:+.2f} points). int8 vs fp32 eager at batch 64: "
-        f"{int8_speedup:.2f}x (target >= 2x: {verdict(int8_speedup >= 2.0)}), accuracy "
-        f"{0.0 - int8_drop:+.2f} points vs dense (target <= 1 point drop: "
-        f"{verdict(int8_drop <= 1.0)}).",
+        f"the gap to the teacher ({100 * gap:+.2f} points). int8 vs fp32 eager at batch 64 "
+        f"(target >= 2x with <= 1 point drop): QAT {int8['speedup_b64']:.2f}x "
+        f"({verdict(int8['speedup_b64'] >= 2.0)}), {0.0 - int8_drop:+.2f} points "
+        f"({verdict(int8_drop <= 1.0)}); dynamic {dyn['speedup_b64']:.2f}x "
+        f"({verdict(dyn['speedup_b64'] >= 2.0)}), {0.0 - dyn_drop:+.2f} points "
+        f"({verdict(dyn_drop <= 1.0)}).",
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} logical CPUs shared with other jobs, torch {torch.__version__}; "
+        f"{os.cpu_count()} logical CPUs ({cpu_int8_features()}) shared with other jobs, "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime_version()}; "
         f"{args.seeds} seed(s), {args.epochs} ViT epochs (pruned at {args.epochs // 3}); "
         f"latency: 1 thread, median of 3 interleaved rounds of {args.repeats} passes; 1-minute "
         f"load average {load_before} before and {round(os.getloadavg()[0], 2)} after "
@@ -223,6 +297,7 @@ def main() -> None:
             "narrow_vs_dense": narrowed,
             "onnx_fp32_vs_dense": dense_ort,
             "int8_vs_dense": int8,
+            "int8_dynamic_vs_dense": dyn,
             "args": {k: str(v) for k, v in vars(args).items()},
         },
     )

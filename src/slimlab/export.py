@@ -14,9 +14,10 @@ Timeline of `python export.py ckpt_path=<file>`:
    calibration batches, and the test split for parity;
 5. each artifact is written under a temporary name: `model.onnx` (dynamo exporter),
    `model.int8.onnx` (a QAT checkpoint's own int8 network, QDQ; else onnxruntime static
-   quantization of model.onnx), `model.pt2` (torch.export; skipped with the reason where it
-   cannot export); each is compared with the PyTorch network it came from on the test split
-   and timed (interleaved medians, one thread);
+   quantization of model.onnx, or its dynamic quantization with quantize=int8_dynamic),
+   `model.pt2` (torch.export; skipped with the reason where it cannot export); each is
+   compared with the PyTorch network it came from on the test split and timed (interleaved
+   medians, one thread);
 6. passing artifacts take their names, failing ones `<name>.failed`; `export.json` records
    everything; a parity failure exits 1 with the numbers.
 """
@@ -43,6 +44,7 @@ from slimlab.inference.exporters import (
     export_onnx,
     export_pt2,
     onnx_signature,
+    quantize_onnx_dynamic,
     quantize_onnx_int8,
 )
 from slimlab.inference.latency import latency_table
@@ -59,7 +61,7 @@ from slimlab.utils.task import apply_extras, task_wrapper
 log = get_logger(__name__)
 
 FORMATS = ("all", "onnx", "pt2")
-QUANTIZE = (None, "int8")
+QUANTIZE = (None, "int8", "int8_dynamic")
 OPSETS = range(18, 24)
 FP32, INT8, PT2 = "model.onnx", "model.int8.onnx", "model.pt2"
 # structure kinds whose network no exporter takes, and why
@@ -93,7 +95,8 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
     quantize = None if quantize in (None, "none", "null") else quantize
     require(
         quantize in QUANTIZE,
-        f"quantize={quantize!r} is not supported: give int8, or null for fp32 only",
+        f"quantize={quantize!r} is not supported: give int8 (static, calibrated), "
+        "int8_dynamic (weights only, activations at run time), or null for fp32 only",
     )
     require(
         quantize is None or fmt in ("all", "onnx"),
@@ -184,7 +187,7 @@ def planned_files(settings: dict[str, Any], qat: bool = False) -> list[str]:
     files = []
     if settings["format"] in ("all", "onnx"):
         files.append(FP32)
-        if settings["quantize"] == "int8" or qat:
+        if settings["quantize"] or qat:
             files.append(INT8)
     if settings["format"] in ("all", "pt2"):
         files.append(PT2)
@@ -337,46 +340,9 @@ def _write_artifacts(
         export_onnx(net, example, temporary[FP32], settings["opset"])
         manifest[FP32] = {"format": "onnx", "precision": "fp32"}
         runners[FP32] = onnx_runner(onnx_session(str(temporary[FP32]), threads))
-    if INT8 in temporary and int8_net is not None:
-        log.info(f"Exporting {INT8} (the QAT checkpoint's int8 network and scales)")
-        export_onnx(int8_net, example, temporary[INT8], settings["opset"])
-        manifest[INT8] = {
-            "format": "onnx",
-            "precision": "int8",
-            "quantization": {
-                "method": "quantization-aware training (torchao PT2E), QDQ",
-                "weights": "int8, symmetric, per output channel"
-                + (" (7-bit range)" if backend in REDUCED_RANGE_BACKENDS else ""),
-                "activations": "uint8, affine, per tensor",
-                "calibration": "none: the scales QAT learned, as the checkpoint holds them",
-            },
-        }
-        runners[INT8] = onnx_runner(onnx_session(str(temporary[INT8]), threads))
-    elif INT8 in temporary:
-        log.info(f"Quantizing {INT8} ({settings['calibration_batches']} calibration batches)")
-        calibration = [
-            as_feed(x)
-            for x, _ in model_batches(datamodule, "train", settings["calibration_batches"])
-        ]
-        quantize_onnx_int8(
-            temporary[FP32],
-            temporary[INT8],
-            calibration,
-            settings["calibration_method"],
-            settings["reduce_range"],
-        )
-        manifest[INT8] = {
-            "format": "onnx",
-            "precision": "int8",
-            "quantization": {
-                "method": "onnxruntime static quantization (QDQ)",
-                "weights": "int8, symmetric, per output channel"
-                + (" (7-bit range: reduce_range)" if settings["reduce_range"] else ""),
-                "activations": "uint8, affine, per tensor",
-                "calibration": f"{len(calibration)} training-split batches, "
-                f"{settings['calibration_method']}",
-            },
-        }
+    if INT8 in temporary:
+        quantization = _write_int8(settings, int8_net, backend, example, datamodule, temporary)
+        manifest[INT8] = {"format": "onnx", "precision": "int8", "quantization": quantization}
         runners[INT8] = onnx_runner(onnx_session(str(temporary[INT8]), threads))
     if PT2 in temporary:
         log.info(f"Exporting {PT2} (torch.export)")
@@ -425,6 +391,60 @@ def _write_artifacts(
             }
         return manifest, base
     return manifest, None
+
+
+def _write_int8(
+    settings: dict[str, Any],
+    int8_net: torch.nn.Module | None,
+    backend: str | None,
+    example: Any,
+    datamodule: Any,
+    temporary: dict[str, Path],
+) -> dict[str, str]:
+    """Write model.int8.onnx under its temporary name; return how it was quantized.
+
+    A QAT checkpoint's int8 network is exported as it is; a float network's model.onnx is
+    quantized by onnxruntime, statically (`quantize=int8`, calibrated) or dynamically
+    (`quantize=int8_dynamic`).
+    """
+    bits = " (7-bit range: reduce_range)" if settings["reduce_range"] else ""
+    if int8_net is not None:
+        log.info(f"Exporting {INT8} (the QAT checkpoint's int8 network and scales)")
+        export_onnx(int8_net, example, temporary[INT8], settings["opset"])
+        return {
+            "method": "quantization-aware training (torchao PT2E), QDQ",
+            "weights": "int8, symmetric, per output channel"
+            + (" (7-bit range)" if backend in REDUCED_RANGE_BACKENDS else ""),
+            "activations": "uint8, affine, per tensor",
+            "calibration": "none: the scales QAT learned, as the checkpoint holds them",
+        }
+    if settings["quantize"] == "int8_dynamic":
+        log.info(f"Quantizing {INT8} (dynamic: MatMul/Gemm weights)")
+        quantize_onnx_dynamic(temporary[FP32], temporary[INT8], settings["reduce_range"])
+        return {
+            "method": "onnxruntime dynamic quantization (MatMul/Gemm; convolutions stay fp32)",
+            "weights": "int8, symmetric, per tensor" + bits,
+            "activations": "uint8, each layer's input quantized per call",
+            "calibration": "none: activation ranges are taken at run time",
+        }
+    log.info(f"Quantizing {INT8} ({settings['calibration_batches']} calibration batches)")
+    calibration = [
+        as_feed(x) for x, _ in model_batches(datamodule, "train", settings["calibration_batches"])
+    ]
+    quantize_onnx_int8(
+        temporary[FP32],
+        temporary[INT8],
+        calibration,
+        settings["calibration_method"],
+        settings["reduce_range"],
+    )
+    return {
+        "method": "onnxruntime static quantization (QDQ)",
+        "weights": "int8, symmetric, per output channel" + bits,
+        "activations": "uint8, affine, per tensor",
+        "calibration": f"{len(calibration)} training-split batches, "
+        f"{settings['calibration_method']}",
+    }
 
 
 def _feed_of_size(tests: list, batch: int) -> dict[str, np.ndarray]:
