@@ -115,6 +115,28 @@ def test_student_learns_from_a_frozen_teacher_and_its_checkpoint_is_clean(
         assert float(eval_metrics[key]) == pytest.approx(float(metrics[key]), abs=1e-5), key
 
 
+def test_hard_distillation_uses_the_teachers_top_class_as_a_label(
+    compose_cfg, teacher_ckpt: str
+) -> None:
+    # the term itself: alpha * cross-entropy with the teacher's argmax, whatever T is
+    callback = KnowledgeDistillation(alpha=0.4, temperature=7.0, hard=True)
+    torch.manual_seed(0)
+    student, teacher = torch.randn(6, 10), torch.randn(6, 10)
+    callback._teacher_logits = teacher
+    expected = 0.4 * F.cross_entropy(student, teacher.argmax(dim=1))
+    torch.testing.assert_close(callback._kd_term(None, student), expected)
+    # ... and in a run: the loss is (1 - alpha) * task + that term, reported as hard
+    cfg = compose_cfg(
+        distill(teacher_ckpt, "compression.distill.alpha=0.6", "compression.distill.hard=true")
+    )
+    metrics, _ = train(cfg)
+    kd, task = float(metrics["train/kd"]), float(metrics["train/task_loss"])
+    assert kd > 0
+    assert float(metrics["train/loss"]) == pytest.approx(0.4 * task + kd, rel=1e-4)
+    summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    assert summary["compression"]["distillation"]["hard"] is True
+
+
 def test_teacher_from_a_net_config_and_weights_file(
     compose_cfg, tmp_path: Path, teacher_ckpt: str
 ) -> None:
@@ -212,6 +234,7 @@ def test_resume_with_feature_distillation_continues_exactly(
         ({"teacher_ckpt": "latest", "teacher_net": {"_target_": "x"}}, "both set"),
         ({"teacher_weights": "w.pt"}, "compression.distill.teacher_weights=w.pt"),
         ({"feature_pairs": [["features.2"]]}, "compression.distill.feature_pairs"),
+        ({"hard": "yes"}, "compression.distill.hard='yes' is not a boolean"),
     ],
 )
 def test_bad_settings_fail_when_the_callback_is_built(kwargs: dict, key: str) -> None:

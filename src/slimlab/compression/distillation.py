@@ -12,7 +12,9 @@ loss becomes
 with `s`/`t` the student's/teacher's logits. The KL term is Hinton et al. (2015): the
 teacher's softened distribution is the target (what `F.kl_div(log p_s, log p_t,
 log_target=True)` computes), which equals the soft-target cross-entropy up to a constant;
-the T^2 keeps its gradients on the scale of the task loss when T changes.
+the T^2 keeps its gradients on the scale of the task loss when T changes. With `hard=True`
+the KD term is DeiT's hard distillation (Touvron et al. 2021) instead:
+`alpha * cross_entropy(s, argmax t)`, the teacher's top class as a second label (T unused).
 
 Where things live, and why:
 
@@ -183,6 +185,7 @@ class KnowledgeDistillation(CompressionCallback):
         feature_pairs: Sequence[Sequence[str]] = (),
         feature_weight: float = 1.0,
         init_student: bool = False,
+        hard: bool = False,
         report: bool | Mapping[str, Any] = True,
     ) -> None:
         super().__init__()
@@ -220,6 +223,11 @@ class KnowledgeDistillation(CompressionCallback):
             "(the task loss gets 1 - alpha)",
         )
         require(
+            isinstance(hard, bool),
+            f"{KEY}.hard={hard!r} is not a boolean: give true (the teacher's top class as a "
+            "label, DeiT's hard distillation) or false (its softened distribution)",
+        )
+        require(
             isinstance(feature_weight, int | float) and feature_weight >= 0,
             f"{KEY}.feature_weight={feature_weight} is out of range: give a weight >= 0",
         )
@@ -239,6 +247,7 @@ class KnowledgeDistillation(CompressionCallback):
         self.feature_pairs = feature_pairs
         self.feature_weight = float(feature_weight)
         self.init_student = init_student
+        self.hard = hard
         self.report = measure.report_settings(report, KEY)
 
         self.teacher: nn.Module | None = None
@@ -393,7 +402,7 @@ class KnowledgeDistillation(CompressionCallback):
         log.info(
             f"Distilling from {self.teacher_source} ({measure.count_params(self.teacher):,} "
             f"teacher params, {measure.count_params(pl_module.net):,} student params): "
-            f"T={self.temperature}, "
+            f"{'hard labels' if self.hard else f'T={self.temperature}'}, "
             f"alpha={self.alpha}, feature pairs={self.feature_pairs or 'none'}"
         )
 
@@ -442,6 +451,7 @@ class KnowledgeDistillation(CompressionCallback):
             "teacher_max_epochs": progress.get("max_epochs"),
             "teacher_finished": progress.get("finished"),
             "temperature": self.temperature,
+            "hard": self.hard,
             "alpha": self.alpha,
             "feature_pairs": copy.deepcopy(self.feature_pairs),
             "feature_weight": self.feature_weight,
@@ -703,7 +713,10 @@ class KnowledgeDistillation(CompressionCallback):
         return self._teacher_logits
 
     def _kd_term(self, batch: Any, logits: torch.Tensor) -> torch.Tensor:
-        return self.alpha * kd_loss(logits, self._run_teacher(), self.temperature)
+        teacher = self._run_teacher()
+        if self.hard:
+            return self.alpha * F.cross_entropy(logits.float(), teacher.argmax(dim=1))
+        return self.alpha * kd_loss(logits, teacher, self.temperature)
 
     def _feature_term(self, batch: Any, logits: torch.Tensor) -> torch.Tensor:
         self._run_teacher()
