@@ -114,6 +114,22 @@ def test_head_dims_narrow_alike_when_no_head_is_removed() -> None:
     assert net(IMAGES).shape == (3, 10)
 
 
+def test_heads_go_along_the_schedule_over_several_steps() -> None:
+    # half of 4 heads in 4 steps: 3, 3, 2, 2 heads left (torch-pruning alone: 3, 2, 1, 0)
+    torch.manual_seed(0)
+    net = tiny_vit().eval()
+    keep = [*residual_writers(net, IMAGES), "head"]
+    pruner = build_pruner(net, IMAGES, "l1", "local", None, keep, 0.5, 4, head_amount=0.5)
+    left = []
+    for _ in range(4):
+        prune_step(pruner)
+        left.append(sorted(set(head_counts(net).values())))
+    assert left == [[3], [3], [2], [2]]
+    assert_heads_consistent(net, heads=2)
+    assert all(net.get_submodule(name).head_dim == 8 for name in find_attention(net))
+    assert net(IMAGES).shape == (3, 10)
+
+
 VIT_PRUNE = [
     *NO_BARS,
     "experiment=digits_vit",

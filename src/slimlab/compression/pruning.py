@@ -27,8 +27,9 @@ Timeline of `StructuredPruning(start_epoch=s, end_epoch=e, steps=n)`:
 - step k = 0..n-1 runs before the training batch `schedules.prune_step_position` gives (a step
   at a whole epoch runs after the previous epoch's validation and checkpoint). Rank 0 steps the
   pruner once (channels), or until the params/MACs counted by `slimlab.compression.measure`
-  reach `1 - amount * (k + 1) / n` of the dense network's; the other DDP ranks replay its
-  history, so all ranks stay identical. Every rank then records the step, rewraps DDP,
+  reach `1 - amount * (k + 1) / n` of the dense network's; attention modules keep the heads
+  `schedules.prune_heads_left` gives for their dense head count. The other DDP ranks replay
+  its history, so all ranks stay identical. Every rank then records the step, rewraps DDP,
   rebuilds the optimizer and LR scheduler (the schedule continues where it was; optimizer
   moments start fresh) and makes the checkpoint and early-stopping callbacks forget their best:
   "best" is chosen among checkpoints of the new structure, so `trainer.test(ckpt_path=best)`
@@ -73,12 +74,18 @@ from slimlab.compression.heads import (
 )
 from slimlab.compression.schedules import (
     prune_fraction,
+    prune_heads_left,
     prune_last_step_epoch,
     prune_step_position,
 )
 from slimlab.compression.structure_change import after_structure_change
 from slimlab.models.base import SlimModule, call_net, logits_of
-from slimlab.utils.compat import pruner_progress, resume_pruner
+from slimlab.utils.compat import (
+    dense_heads,
+    pruner_progress,
+    resume_pruner,
+    set_next_head_removals,
+)
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
 
@@ -208,6 +215,15 @@ def residual_writers(net: nn.Module, example_input: Any) -> list[str]:
 def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
     """Take the pruner's next step; return what it removed as plain-data pruning history."""
     start = len(pruner.DG.pruning_history())
+    if pruner.num_heads and pruner.prune_num_heads and not pruner.global_pruning:
+        # torch-pruning's local steps compound: tell it how many heads each module loses, so
+        # that it keeps what the linear schedule gives for its dense head count
+        k, steps, dense = pruner.current_step, pruner.iterative_steps, dense_heads(pruner)
+        removals = {
+            layer: heads - prune_heads_left(k, steps, pruner.head_pruning_ratio, dense[layer])
+            for layer, heads in pruner.num_heads.items()
+        }
+        set_next_head_removals(pruner, removals)
     with autograd_on():
         pruner.step()
     if pruner.num_heads:  # the attention modules compute with the heads they have left

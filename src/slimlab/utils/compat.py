@@ -100,6 +100,30 @@ def resume_pruner(pruner: Any, progress: dict[str, Any]) -> None:
     pruner._scope_initial_channels.update(progress["scope_channels"])
 
 
+def dense_heads(pruner: Any) -> dict[Any, int]:
+    """Each q/k/v layer's head count before the pruner's first step (restored on resume)."""
+    _require_attributes(pruner, ("init_num_heads",), "BasePruner")
+    return dict(pruner.init_num_heads)
+
+
+def set_next_head_removals(pruner: Any, removals: dict[Any, int]) -> None:
+    """Make the pruner's next local step remove `removals[layer]` whole heads from the
+    attention module of each q/k/v layer.
+
+    torch-pruning 1.6's local step removes ceil(cumulative head ratio x heads left), so over
+    several steps heads compound away (4 heads, 0.5 in 2 steps: 4 -> 3 -> 1). Its per-layer
+    table of head ratios (`head_pruning_ratio_dict`, by step) is written so that ceil gives
+    the count asked (0: no head goes).
+    """
+    names = ("head_pruning_ratio_dict", "num_heads", "current_step", "iterative_steps")
+    _require_attributes(pruner, names, "BasePruner")
+    following = pruner.current_step + 1  # step() counts first, then reads the table
+    for layer, n in removals.items():
+        ratios = [0.0] * (pruner.iterative_steps + 1)
+        ratios[following] = (n - 0.5) / pruner.num_heads[layer] if n > 0 else 0.0
+        pruner.head_pruning_ratio_dict[layer] = ratios
+
+
 def loop_batch(pl_module: Any, batch: Any, device: Any) -> Any:
     """`batch` as Lightning's loops hand it to `pl_module`: through the module's or the
     datamodule's `on_before_batch_transfer`, `transfer_batch_to_device` and
