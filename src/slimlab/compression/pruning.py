@@ -34,7 +34,9 @@ Timeline of `StructuredPruning(start_epoch=s, end_epoch=e, steps=n)`:
   moments start fresh) and makes the checkpoint and early-stopping callbacks forget their best:
   "best" is chosen among checkpoints of the new structure, so `trainer.test(ckpt_path=best)`
   tests the pruned network. After the last step the pruned network is measured (params, MACs,
-  size, latency) before any later compression rewrites it.
+  size, latency) before any later compression rewrites it. On a resume Lightning replays the
+  checkpoint's steps after `setup` built the pruner, so the first step due rebuilds it on the
+  pruned network and continues torch-pruning's schedule from the saved progress.
 - `on_train_end`: the dense network at its best epoch vs the pruned one at its best epoch
   (validation metrics, params, MACs, size, CPU latency) go into
   `pl_module.compression_report["pruning"]` (hence metrics.json) and to the loggers.
@@ -432,6 +434,7 @@ class StructuredPruning(CompressionCallback):
         self.report = measure.report_settings(report, KEY)
         self._head: str | None = None
         self._pruner: tp.pruner.BasePruner | None = None  # rank 0's, built in setup
+        self._pruner_steps = 0  # pruning steps the network had as the pruner last saw it
         # state (see state_dict): the pruner's progress, the dense network's measurements and
         # best validation, the pruned network's, the channel ratio after each step, Taylor
         # gradients awaiting a step
@@ -482,6 +485,7 @@ class StructuredPruning(CompressionCallback):
             "resume the run with ckpt_path=<its last.ckpt> so the schedule continues",
         )
         self._pruner = self._check_network(module)
+        self._pruner_steps = done
 
     def _check_network(self, pl_module: SlimModule) -> tp.pruner.BasePruner:
         """Check the network can be pruned as asked; return the run's pruner, built on it."""
@@ -705,11 +709,15 @@ class StructuredPruning(CompressionCallback):
 
     def _step_pruner(self, pl_module: SlimModule, k: int) -> dict[str, Any]:
         """Step rank 0's pruner for pruning step `k`; return the plan the other ranks replay."""
+        assert self._pruner is not None, "the pruner is built in setup"
+        net, example = pl_module.net, pl_module.example_input_array
+        if self._pruner_steps != k:
+            # a resume: setup built the pruner on the dense network, then the checkpoint's
+            # steps were replayed under it (its head counts and traced graph are stale)
+            self._pruner, self._pruner_steps = self._build(net, example, self.importance), k
         pruner = self._pruner
-        assert pruner is not None, "the pruner is built in setup"
         if self._progress is not None and pruner.current_step != self._progress["step"]:
             resume_pruner(pruner, self._progress)  # a resumed run: the network is pruned already
-        net, example = pl_module.net, pl_module.example_input_array
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch.initial_seed() + k)  # importance=random: reproducible steps
             for name, p in net.named_parameters():
@@ -727,6 +735,7 @@ class StructuredPruning(CompressionCallback):
                         f"{KEY}: step {k + 1} reached {_count(net, example, self.target)} "
                         f"{self.target}, short of the goal {goal:.0f}: no more channels can go"
                     )
+        self._pruner_steps = k + 1
         return {
             "history": history,
             "heads": head_counts(net),
