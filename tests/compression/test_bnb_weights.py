@@ -1,4 +1,5 @@
-"""bitsandbytes weights: linear layers quantize to int8/NF4/FP4, report and reload."""
+"""bitsandbytes weights: linear layers quantize to int8/NF4/FP4, report and reload (an MLP here;
+our ViT and a tiny BERT through train.py, then eval.py on the checkpoint the callback wrote)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,21 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from hydra.core.global_hydra import GlobalHydra
+from torch import nn
 
+from conftest import QUIET, compose_config
 from slimlab.compression import bnb_weights
-from slimlab.compression.measure import size_on_disk
+from slimlab.compression.measure import inputs_and_labels, size_on_disk
 from slimlab.data import DigitsDataModule
+from slimlab.eval import evaluate
 from slimlab.models import ImageClassifier
-from slimlab.models.base import load_module
+from slimlab.models.base import call_net, load_module, logits_of
 from slimlab.models.nets import MLP
+from slimlab.train import train
 from slimlab.utils.errors import ConfigError
 
-pytest.importorskip("bitsandbytes")
+bnb = pytest.importorskip("bitsandbytes")
 
 
 def test_bad_mode_fails_clearly() -> None:
@@ -71,3 +77,61 @@ def test_weights_callback_reports_and_checkpoint_reloads(tmp_path: Path) -> None
     model.eval()
     loaded.eval()
     torch.testing.assert_close(loaded(x), model(x))
+
+
+# -- transformers: train.py quantizes the tested checkpoint, eval.py reloads the file it wrote ----
+VIT = [
+    "experiment=digits_vit",
+    "model.net.dim=32",
+    "model.net.depth=1",
+    "model.net.heads=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=2",
+]
+BERT = ["experiment=text_tiny_bert", "data.num_train=64", "data.num_test=32"]
+
+
+@pytest.mark.parametrize("mode", ["int8", "nf4"])
+@pytest.mark.parametrize("net", [VIT, BERT], ids=["vit", "bert"])
+def test_transformer_reloads_quantized_from_its_own_checkpoint_through_eval(
+    tmp_path: Path, net: list[str], mode: str
+) -> None:
+    cfg = compose_config(
+        tmp_path,
+        [
+            *QUIET,
+            *net,
+            "trainer.max_epochs=1",
+            "compression=bnb_weights",
+            f"compression.bnb_weights.mode={mode}",
+            "compression.bnb_weights.report.latency=false",
+        ],
+    )
+    metrics, objects = train(cfg)
+    section = objects["model"].compression_report["bnb_weights"]
+    best = objects["trainer"].checkpoint_callback.best_model_path
+    path = Path(best).with_name(f"{Path(best).stem}-{mode}.ckpt")  # beside the tested one
+    assert section["checkpoint"] == str(path) and path.is_file()
+
+    eval_cfg = compose_config(
+        tmp_path / "eval", [f"ckpt_path={path}", "trainer.limit_test_batches=2"], "eval"
+    )
+    eval_metrics, eval_objects = evaluate(eval_cfg)
+    GlobalHydra.instance().clear()
+    quantized, loaded = objects["model"].net.eval(), eval_objects["model"].net.eval()
+    linears = {name: m for name, m in loaded.named_modules() if isinstance(m, nn.Linear)}
+    assert sorted(linears) == sorted(section["layers"])  # every linear layer, none left fp32
+    for name, m in linears.items():
+        if mode == "int8":
+            assert isinstance(m, bnb.nn.Linear8bitLt) and m.weight.dtype == torch.int8, name
+        else:  # two 4-bit NF4 codes per byte, scaled by their block's absmax
+            assert isinstance(m, bnb.nn.Linear4bit) and m.weight.dtype == torch.uint8, name
+            assert m.weight.quant_state.quant_type == "nf4", name
+    batch = next(iter(eval_objects["datamodule"].test_dataloader()))
+    inputs, _ = inputs_and_labels(batch)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            logits_of(call_net(loaded, inputs)), logits_of(call_net(quantized, inputs))
+        )
+    assert float(eval_metrics["test/acc"]) == pytest.approx(float(metrics["test/acc"]), abs=1e-6)

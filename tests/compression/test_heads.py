@@ -13,8 +13,9 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import NO_BARS, compose_config
+from conftest import NO_BARS, QUIET, compose_config
 from slimlab.compression.heads import find_attention, head_counts, qkv_width
+from slimlab.compression.measure import count_params
 from slimlab.compression.pruning import (
     StructuredPruning,
     build_pruner,
@@ -23,6 +24,7 @@ from slimlab.compression.pruning import (
     prune_step,
     residual_writers,
     restore_pruning,
+    steps_done,
 )
 from slimlab.models import ImageClassifier
 from slimlab.models.base import call_net, load_module, logits_of
@@ -52,12 +54,14 @@ def tiny_bert() -> torch.nn.Module:
     return BertForSequenceClassification(config)
 
 
-def assert_heads_consistent(net: torch.nn.Module, heads: int) -> None:
-    """Every attention module has `heads` heads and q/k/v width == heads * head width."""
+def assert_heads_consistent(net: torch.nn.Module, heads: int | dict[str, int]) -> None:
+    """Every attention module has `heads` heads (or `heads[name]`) and q/k/v width == heads *
+    head width."""
     for name, layout in find_attention(net).items():
         module = net.get_submodule(name)
-        assert getattr(module, layout.heads) == heads, name
-        assert qkv_width(module, layout) == heads * getattr(module, layout.head_dim), name
+        expected = heads if isinstance(heads, int) else heads[name]
+        assert getattr(module, layout.heads) == expected, name
+        assert qkv_width(module, layout) == expected * getattr(module, layout.head_dim), name
 
 
 @pytest.mark.parametrize(
@@ -114,6 +118,22 @@ def test_head_dims_narrow_alike_when_no_head_is_removed() -> None:
     assert net(IMAGES).shape == (3, 10)
 
 
+def test_heads_go_along_the_schedule_over_several_steps() -> None:
+    # half of 4 heads in 4 steps: 3, 3, 2, 2 heads left (torch-pruning alone: 3, 2, 1, 0)
+    torch.manual_seed(0)
+    net = tiny_vit().eval()
+    keep = [*residual_writers(net, IMAGES), "head"]
+    pruner = build_pruner(net, IMAGES, "l1", "local", None, keep, 0.5, 4, head_amount=0.5)
+    left = []
+    for _ in range(4):
+        prune_step(pruner)
+        left.append(sorted(set(head_counts(net).values())))
+    assert left == [[3], [3], [2], [2]]
+    assert_heads_consistent(net, heads=2)
+    assert all(net.get_submodule(name).head_dim == 8 for name in find_attention(net))
+    assert net(IMAGES).shape == (3, 10)
+
+
 VIT_PRUNE = [
     *NO_BARS,
     "experiment=digits_vit",
@@ -162,6 +182,64 @@ def test_training_run_prunes_heads_and_its_checkpoint_reloads(
         torch.testing.assert_close(
             logits_of(call_net(loaded, example)), logits_of(call_net(net, example))
         )
+
+
+@pytest.mark.parametrize("ranking", ["local", "global"])
+def test_resume_between_head_pruning_steps_continues_exactly(tmp_path: Path, ranking: str) -> None:
+    # 2 blocks of 4 heads, half of the heads removed in 2 steps (at epochs 1 and 2); one run
+    # stops after epoch 1, between the steps, and is resumed from its last.ckpt
+    common = [
+        *QUIET,
+        "experiment=digits_vit",
+        "compression=prune",
+        "compression.prune.head_amount=0.5",
+        "compression.prune.steps=2",
+        "compression.prune.start_epoch=1",
+        "compression.prune.end_epoch=3",
+        f"compression.prune.ranking={ranking}",
+        "compression.prune.round_to=null",
+        "compression.prune.report.latency=false",
+        "model.net.dim=32",
+        "model.net.depth=2",
+        "model.net.heads=4",
+        "model.net.dropout=0.0",
+        "model.scheduler.T_max=4",
+        "trainer.limit_train_batches=3",
+        "trainer.limit_val_batches=1",
+        "test=false",
+    ]
+
+    def run(name: str, *extra: str) -> tuple[dict, ImageClassifier]:
+        cfg = compose_config(tmp_path / name, [*common, *extra])
+        _, objects = train(cfg)
+        GlobalHydra.instance().clear()
+        last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        model = objects["model"]
+        assert_heads_consistent(model.net, head_counts(model.net))
+        for name in find_attention(model.net):  # whole heads went: each is as wide as before
+            assert model.net.get_submodule(name).head_dim == 8, name
+        return torch.load(last, weights_only=True), model
+
+    def heads_per_step(model: ImageClassifier) -> list[dict[str, int]]:
+        return [e["heads"] for e in model.structure_log if e["kind"] == "prune"]
+
+    straight, straight_model = run("straight", "trainer.max_epochs=4")
+    first, first_model = run("first", "trainer.max_epochs=2")
+    assert heads_per_step(first_model) == heads_per_step(straight_model)[:1]  # between steps
+    first_last = tmp_path / "first" / "run" / "checkpoints" / "last.ckpt"
+    resumed, resumed_model = run("resumed", "trainer.max_epochs=4", f"ckpt_path={first_last}")
+
+    assert steps_done(resumed_model) == 2, "no step repeated, none forgotten"
+    assert heads_per_step(resumed_model) == heads_per_step(straight_model)
+    counts = head_counts(resumed_model.net)
+    assert counts == head_counts(straight_model.net)
+    assert sum(counts.values()) == 4  # half of the 8 heads, as one step would leave
+    if ranking == "local":
+        assert counts == {"blocks.0.attn": 2, "blocks.1.attn": 2}
+    assert count_params(resumed_model.net) == count_params(straight_model.net)
+    assert resumed["global_step"] == straight["global_step"]
+    for name, value in straight["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], value, msg=name)
 
 
 def test_bad_head_settings_name_the_key(compose_cfg) -> None:

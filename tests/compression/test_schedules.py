@@ -9,6 +9,7 @@ import pytest
 from slimlab.compression.schedules import (
     QATState,
     prune_fraction,
+    prune_heads_left,
     prune_last_step_epoch,
     prune_step_position,
     qat_eval_state,
@@ -70,3 +71,11 @@ def test_qat_eval_state_never_moves_ranges_nor_batch_norm() -> None:
     assert qat_eval_state(1, 2, fitting=True) == QATState(False, False, None)  # fp32 epochs
     assert qat_eval_state(2, 2, fitting=True) == QATState(True, False, None)
     assert qat_eval_state(0, 2, fitting=False) == QATState(True, False, None)  # test/predict
+
+
+def test_heads_left_follow_the_linear_schedule_from_the_dense_count() -> None:
+    assert [prune_heads_left(k, 1, 0.5, 4) for k in range(1)] == [2]  # one shot: half
+    assert [prune_heads_left(k, 2, 0.5, 4) for k in range(2)] == [3, 2]  # not 3 then 1
+    assert [prune_heads_left(k, 4, 0.5, 4) for k in range(4)] == [3, 3, 2, 2]
+    assert prune_heads_left(2, 3, 0.4, 5) == 3  # 0.4 * 3/3 * 5 is 2.0000000000000004: 2 go
+    assert prune_heads_left(0, 1, 0.9, 4) == 1  # one head always stays

@@ -79,7 +79,9 @@ def _bnb_linear(linear: nn.Linear, mode: str) -> nn.Module:
             quant_type=mode,
         )
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=mode)
-        if linear.out_features % 32:  # bitsandbytes 0.50's AVX512-BF16 CPU kernel needs 32 | N
+        # bitsandbytes 0.50's AVX512-BF16 CPU kernel needs 32 | out_features and
+        # blocksize | in_features (e.g. a 32-wide transformer's 32 -> 96 qkv fails it)
+        if linear.out_features % 32 or linear.in_features % layer.weight.blocksize:
             layer.support_avx512bf16_for_cpu = False
         layer.register_load_state_dict_pre_hook(_load_4bit_state)
     if has_bias:

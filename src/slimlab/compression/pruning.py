@@ -27,13 +27,16 @@ Timeline of `StructuredPruning(start_epoch=s, end_epoch=e, steps=n)`:
 - step k = 0..n-1 runs before the training batch `schedules.prune_step_position` gives (a step
   at a whole epoch runs after the previous epoch's validation and checkpoint). Rank 0 steps the
   pruner once (channels), or until the params/MACs counted by `slimlab.compression.measure`
-  reach `1 - amount * (k + 1) / n` of the dense network's; the other DDP ranks replay its
-  history, so all ranks stay identical. Every rank then records the step, rewraps DDP,
+  reach `1 - amount * (k + 1) / n` of the dense network's; attention modules keep the heads
+  `schedules.prune_heads_left` gives for their dense head count. The other DDP ranks replay
+  its history, so all ranks stay identical. Every rank then records the step, rewraps DDP,
   rebuilds the optimizer and LR scheduler (the schedule continues where it was; optimizer
   moments start fresh) and makes the checkpoint and early-stopping callbacks forget their best:
   "best" is chosen among checkpoints of the new structure, so `trainer.test(ckpt_path=best)`
   tests the pruned network. After the last step the pruned network is measured (params, MACs,
-  size, latency) before any later compression rewrites it.
+  size, latency) before any later compression rewrites it. On a resume Lightning replays the
+  checkpoint's steps after `setup` built the pruner, so the first step due rebuilds it on the
+  pruned network and continues torch-pruning's schedule from the saved progress.
 - `on_train_end`: the dense network at its best epoch vs the pruned one at its best epoch
   (validation metrics, params, MACs, size, CPU latency) go into
   `pl_module.compression_report["pruning"]` (hence metrics.json) and to the loggers.
@@ -73,12 +76,18 @@ from slimlab.compression.heads import (
 )
 from slimlab.compression.schedules import (
     prune_fraction,
+    prune_heads_left,
     prune_last_step_epoch,
     prune_step_position,
 )
 from slimlab.compression.structure_change import after_structure_change
 from slimlab.models.base import SlimModule, call_net, logits_of
-from slimlab.utils.compat import pruner_progress, resume_pruner
+from slimlab.utils.compat import (
+    dense_heads,
+    pruner_progress,
+    resume_pruner,
+    set_next_head_removals,
+)
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
 
@@ -208,6 +217,15 @@ def residual_writers(net: nn.Module, example_input: Any) -> list[str]:
 def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
     """Take the pruner's next step; return what it removed as plain-data pruning history."""
     start = len(pruner.DG.pruning_history())
+    if pruner.num_heads and pruner.prune_num_heads and not pruner.global_pruning:
+        # torch-pruning's local steps compound: tell it how many heads each module loses, so
+        # that it keeps what the linear schedule gives for its dense head count
+        k, steps, dense = pruner.current_step, pruner.iterative_steps, dense_heads(pruner)
+        removals = {
+            layer: heads - prune_heads_left(k, steps, pruner.head_pruning_ratio, dense[layer])
+            for layer, heads in pruner.num_heads.items()
+        }
+        set_next_head_removals(pruner, removals)
     with autograd_on():
         pruner.step()
     if pruner.num_heads:  # the attention modules compute with the heads they have left
@@ -416,6 +434,7 @@ class StructuredPruning(CompressionCallback):
         self.report = measure.report_settings(report, KEY)
         self._head: str | None = None
         self._pruner: tp.pruner.BasePruner | None = None  # rank 0's, built in setup
+        self._pruner_steps = 0  # pruning steps the network had as the pruner last saw it
         # state (see state_dict): the pruner's progress, the dense network's measurements and
         # best validation, the pruned network's, the channel ratio after each step, Taylor
         # gradients awaiting a step
@@ -466,6 +485,7 @@ class StructuredPruning(CompressionCallback):
             "resume the run with ckpt_path=<its last.ckpt> so the schedule continues",
         )
         self._pruner = self._check_network(module)
+        self._pruner_steps = done
 
     def _check_network(self, pl_module: SlimModule) -> tp.pruner.BasePruner:
         """Check the network can be pruned as asked; return the run's pruner, built on it."""
@@ -689,11 +709,15 @@ class StructuredPruning(CompressionCallback):
 
     def _step_pruner(self, pl_module: SlimModule, k: int) -> dict[str, Any]:
         """Step rank 0's pruner for pruning step `k`; return the plan the other ranks replay."""
+        assert self._pruner is not None, "the pruner is built in setup"
+        net, example = pl_module.net, pl_module.example_input_array
+        if self._pruner_steps != k:
+            # a resume: setup built the pruner on the dense network, then the checkpoint's
+            # steps were replayed under it (its head counts and traced graph are stale)
+            self._pruner, self._pruner_steps = self._build(net, example, self.importance), k
         pruner = self._pruner
-        assert pruner is not None, "the pruner is built in setup"
         if self._progress is not None and pruner.current_step != self._progress["step"]:
             resume_pruner(pruner, self._progress)  # a resumed run: the network is pruned already
-        net, example = pl_module.net, pl_module.example_input_array
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch.initial_seed() + k)  # importance=random: reproducible steps
             for name, p in net.named_parameters():
@@ -711,6 +735,7 @@ class StructuredPruning(CompressionCallback):
                         f"{KEY}: step {k + 1} reached {_count(net, example, self.target)} "
                         f"{self.target}, short of the goal {goal:.0f}: no more channels can go"
                     )
+        self._pruner_steps = k + 1
         return {
             "history": history,
             "heads": head_counts(net),

@@ -38,6 +38,14 @@ def prune_fraction(k: int, steps: int, amount: float) -> float:
     return amount * (k + 1) / steps
 
 
+def prune_heads_left(k: int, steps: int, head_amount: float, heads: int) -> int:
+    """The heads an attention module that had `heads` (dense) keeps once pruning step `k`
+    (0-based) of `steps` is done: `prune_fraction` of them go, rounded up as torch-pruning's
+    one-shot step rounds; at least one stays."""
+    removed = math.ceil(round(prune_fraction(k, steps, head_amount) * heads, 9))
+    return max(1, heads - removed)
+
+
 # -- quantization-aware training --------------------------------------------------------------
 @dataclass(frozen=True)
 class QATState:

@@ -83,21 +83,56 @@ def set_best_checkpoint(callback: Any, path: str) -> None:
 
 
 def pruner_progress(pruner: Any) -> dict[str, Any]:
-    """What a torch-pruning pruner needs to continue its schedule in a new process: its step
-    and the initial channel count of each ranking scope (filled by its first step)."""
-    _require_attributes(pruner, ("current_step", "_scope_initial_channels"), "BasePruner")
+    """What a torch-pruning pruner needs to continue its schedule in a new process: its step,
+    the initial channel count of each ranking scope (filled by its first step), and the dense
+    head counts (all attention modules together, and each q/k/v layer's)."""
+    names = ("current_step", "_scope_initial_channels", "initial_total_heads", "init_num_heads")
+    _require_attributes(pruner, names, "BasePruner")
+    layer_names = {m: name for name, m in pruner.model.named_modules()}
     return {
         "step": int(pruner.current_step),
         "scope_channels": {str(k): int(v) for k, v in pruner._scope_initial_channels.items()},
+        "total_heads": int(pruner.initial_total_heads),
+        "dense_heads": {layer_names[m]: int(h) for m, h in pruner.init_num_heads.items()},
     }
 
 
 def resume_pruner(pruner: Any, progress: dict[str, Any]) -> None:
     """Continue a freshly built pruner where `pruner_progress` left it (after a resume the
-    network is already pruned, so its initial widths must come from the saved progress)."""
-    _require_attributes(pruner, ("current_step", "_scope_initial_channels"), "BasePruner")
+    network is already pruned, so its initial widths and head counts must come from the saved
+    progress)."""
+    names = ("current_step", "_scope_initial_channels", "initial_total_heads", "init_num_heads")
+    _require_attributes(pruner, names, "BasePruner")
     pruner.current_step = int(progress["step"])
     pruner._scope_initial_channels.update(progress["scope_channels"])
+    pruner.initial_total_heads = int(progress.get("total_heads", pruner.initial_total_heads))
+    layers = dict(pruner.model.named_modules())
+    for name, heads in progress.get("dense_heads", {}).items():
+        pruner.init_num_heads[layers[name]] = int(heads)
+
+
+def dense_heads(pruner: Any) -> dict[Any, int]:
+    """Each q/k/v layer's head count before the pruner's first step (restored on resume)."""
+    _require_attributes(pruner, ("init_num_heads",), "BasePruner")
+    return dict(pruner.init_num_heads)
+
+
+def set_next_head_removals(pruner: Any, removals: dict[Any, int]) -> None:
+    """Make the pruner's next local step remove `removals[layer]` whole heads from the
+    attention module of each q/k/v layer.
+
+    torch-pruning 1.6's local step removes ceil(cumulative head ratio x heads left), so over
+    several steps heads compound away (4 heads, 0.5 in 2 steps: 4 -> 3 -> 1). Its per-layer
+    table of head ratios (`head_pruning_ratio_dict`, by step) is written so that ceil gives
+    the count asked (0: no head goes).
+    """
+    names = ("head_pruning_ratio_dict", "num_heads", "current_step", "iterative_steps")
+    _require_attributes(pruner, names, "BasePruner")
+    following = pruner.current_step + 1  # step() counts first, then reads the table
+    for layer, n in removals.items():
+        ratios = [0.0] * (pruner.iterative_steps + 1)
+        ratios[following] = (n - 0.5) / pruner.num_heads[layer] if n > 0 else 0.0
+        pruner.head_pruning_ratio_dict[layer] = ratios
 
 
 def loop_batch(pl_module: Any, batch: Any, device: Any) -> Any:
