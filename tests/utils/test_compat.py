@@ -77,6 +77,37 @@ def test_a_fresh_pruner_resumes_a_schedule_where_another_left_it() -> None:
     assert sum(layer_widths(net)[f"features.{i}.0"] for i in (0, 2, 4)) == (16 + 32 + 64) // 2
 
 
+def test_head_removals_are_set_per_layer_and_dense_heads_survive_a_resume() -> None:
+    import copy
+
+    import torch
+
+    from slimlab.compression.heads import heads_from_pruner, set_heads
+    from slimlab.compression.pruning import autograd_on, build_pruner
+    from slimlab.models.nets import VisionTransformer
+
+    x = torch.zeros(1, 1, 8, 8)
+    net = VisionTransformer(dim=32, depth=2, heads=4, mlp_ratio=1.0, dropout=0.0)
+    pruner = build_pruner(net, x, "l1", "local", None, ["head"], 0.25, steps=4, head_amount=0.5)
+    dense = compat.dense_heads(pruner)
+    assert sorted(dense.values()) == [4, 4]  # one q/k/v layer per block, 4 heads each
+    # the next step removes exactly what is asked of each layer: 1 head, then none
+    first, second = list(pruner.num_heads)
+    compat.set_next_head_removals(pruner, {first: 1, second: 0})
+    with autograd_on():
+        pruner.step()
+    assert sorted(pruner.num_heads.values()) == [3, 4]
+    set_heads(net, heads_from_pruner(net, pruner.num_heads))
+    # the dense counts are part of the saved progress, and a pruner on the pruned copy gets them
+    progress = compat.pruner_progress(pruner)
+    assert sorted(progress["dense_heads"].values()) == [4, 4] and progress["total_heads"] == 8
+    pruned = copy.deepcopy(net)
+    resumed = build_pruner(pruned, x, "l1", "local", None, ["head"], 0.25, 4, head_amount=0.5)
+    compat.resume_pruner(resumed, progress)
+    assert sorted(compat.dense_heads(resumed).values()) == [4, 4]
+    assert resumed.initial_total_heads == 8 and resumed.current_step == 1
+
+
 def test_loop_batch_applies_the_datamodules_transfer_hooks(tmp_path) -> None:
     import lightning as L
     import torch
