@@ -259,3 +259,14 @@ def test_head_amount_on_a_network_without_attention_fails_before_training() -> N
     callback = StructuredPruning(head_amount=0.5, report=False)
     with pytest.raises(ConfigError, match=r"head_amount=0.5 needs attention modules"):
         callback.setup(L.Trainer(max_epochs=2, logger=False), model, "fit")
+
+
+def test_global_ranking_that_empties_a_module_of_heads_stops_with_the_fix() -> None:
+    torch.manual_seed(0)
+    net = VisionTransformer(dim=32, depth=3, heads=4, mlp_ratio=1.0, dropout=0.0)
+    with torch.no_grad():  # the first block's heads rank lowest of all
+        net.blocks[0].attn.qkv.weight.mul_(0.01)
+    x = torch.zeros(1, 1, 8, 8)
+    pruner = build_pruner(net, x, "l1", "global", None, ["head"], 0.5, 1, head_amount=0.9)
+    with pytest.raises(ConfigError, match=r"ranking=global removed every attention head of \["):
+        prune_step(pruner)

@@ -229,7 +229,15 @@ def prune_step(pruner: tp.pruner.BasePruner) -> list[list]:
     with autograd_on():
         pruner.step()
     if pruner.num_heads:  # the attention modules compute with the heads they have left
-        set_heads(pruner.model, heads_from_pruner(pruner.model, pruner.num_heads))
+        heads = heads_from_pruner(pruner.model, pruner.num_heads)
+        emptied = sorted(name for name, count in heads.items() if count < 1)
+        if emptied:  # global ranking picks heads across modules, and may take all of one
+            raise ConfigError(
+                f"{KEY}: ranking=global removed every attention head of {emptied}, which "
+                "then cannot run: give compression.prune.ranking=local (each module keeps "
+                "its share of heads) or a smaller compression.prune.head_amount"
+            )
+        set_heads(pruner.model, heads)
     return [
         [str(name), bool(out), [int(i) for i in idxs]]
         for name, out, idxs in pruner.DG.pruning_history()[start:]
