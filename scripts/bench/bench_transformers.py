@@ -22,7 +22,8 @@ run or cut from the trained model and distilled from it), distilled from a CNN t
 2. Latency: the trained dense and pruned ViTs in PyTorch (fp32 eager), the QAT int8 network
    exported to QDQ ONNX (`slimlab.utils.onnx.export_onnx`, as export.py writes a QAT
    checkpoint's model.int8.onnx) and run by onnxruntime with its int8 kernels, and the dense
-   ViT as fp32 ONNX in onnxruntime for reference, and its dynamic int8 file there: median of
+   ViT as fp32 ONNX in onnxruntime for reference, its dynamic int8 file there, and the pruned
+   and distilled ViT's dynamic int8 file (the three techniques together): median of
    `--repeats` calls at batch 1 and 64 on one CPU thread (onnxruntime:
    intra_op_num_threads=1), 3 interleaved rounds in this one process, so the ratios compare
    like with like on a busy machine.
@@ -41,6 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -144,7 +146,8 @@ def main() -> None:
     started = time.time()
     load_before = round(os.getloadavg()[0], 2)
     accs: dict[str, list[float]] = {
-        "dense": [], "pruned": [], "pruned_kd": [], "kd": [], "int8": [], "int8_dynamic": []
+        "dense": [], "pruned": [], "pruned_kd": [], "kd": [], "int8": [], "int8_dynamic": [],
+        "pruned_kd_int8": [],
     }  # fmt: skip
     qat_start = args.epochs // 2
     qat_freeze = args.epochs - max(1, args.epochs // 10)  # int8 ranges frozen from here on
@@ -181,6 +184,10 @@ def main() -> None:
             )  # fmt: skip
             accs["pruned_kd"].append(acc)
             nets["pruned_kd"] = objects["model"].net.cpu().eval()
+            acc, small, small_bytes = dynamic_int8(
+                nets["pruned_kd"], objects["datamodule"], workdir / f"pruned_kd_{seed}"
+            )
+            accs["pruned_kd_int8"].append(acc)
             acc, _ = run(
                 "digits_vit_distill", seed, args.epochs, workdir,
                 f"compression.distill.teacher_ckpt={teacher_ckpt}",
@@ -213,11 +220,15 @@ def main() -> None:
         for name, (runtime, net) in runs_on.items()
     }  # fmt: skip
 
-    def time_dynamic() -> dict:
-        times = session_latencies(dynamic, example, (1, 64), args.repeats)
-        return {"size_bytes": dynamic_bytes, **{f"latency_ms_b{b}": t for b, t in times.items()}}
+    def session_timer(session: object, size: int) -> Callable[[], dict]:
+        def timer() -> dict:
+            times = session_latencies(session, example, (1, 64), args.repeats)
+            return {"size_bytes": size, **{f"latency_ms_b{b}": t for b, t in times.items()}}
 
-    timers["int8_dynamic"] = time_dynamic
+        return timer
+
+    timers["int8_dynamic"] = session_timer(dynamic, dynamic_bytes)
+    timers["pruned_kd_int8"] = session_timer(small, small_bytes)
     timings = {name: [] for name in timers}
     for _ in range(3):  # interleaved rounds: load changes hit all alike
         for name, timer in timers.items():
@@ -235,6 +246,7 @@ def main() -> None:
     dense_ort = compare(timed["dense"], timed["dense_ort"])
     int8 = compare(timed["dense"], timed["int8"])
     dyn = compare(timed["dense"], timed["int8_dynamic"])
+    all_three = compare(timed["dense"], timed["pruned_kd_int8"])
     mean = {k: statistics.mean(v) for k, v in accs.items()}
     gap = teacher_acc - mean["dense"]
     closed = (mean["kd"] - mean["dense"]) / gap if gap > 0 else float("nan")
@@ -281,6 +293,11 @@ def main() -> None:
         f"| {pct(accs['int8_dynamic'])} | int8 weights, {dynamic_bytes / 1e3:.0f} kB "
         f"| {timed['int8_dynamic']['latency_ms_b1']:.2f} "
         f"| {timed['int8_dynamic']['latency_ms_b64']:.1f} | {dyn['speedup_b64']:.2f}x |",
+        f"| `digits_vit_prune_kd`, then dynamic int8 ONNX in onnxruntime "
+        f"| {pct(accs['pruned_kd_int8'])} | int8 weights, {small_bytes / 1e3:.0f} kB "
+        f"| {timed['pruned_kd_int8']['latency_ms_b1']:.2f} "
+        f"| {timed['pruned_kd_int8']['latency_ms_b64']:.1f} "
+        f"| {all_three['speedup_b64']:.2f}x |",
         "",
         f"CNN teacher (`digits_cnn`, {args.teacher_epochs} epochs): {100 * teacher_acc:.2f} %. "
         "Pruning (target >= 1.6x at batch 64 with <= 1.5 points drop): in the run "
@@ -320,6 +337,7 @@ def main() -> None:
             "onnx_fp32_vs_dense": dense_ort,
             "int8_vs_dense": int8,
             "int8_dynamic_vs_dense": dyn,
+            "pruned_kd_int8_vs_dense": all_three,
             "args": {k: str(v) for k, v in vars(args).items()},
         },
     )
