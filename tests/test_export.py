@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DIGITS_TINY, compose_config, run_cli
+from conftest import DIGITS_TINY, NO_BARS, compose_config, run_cli
 from slimlab.export import export, refuse_unexportable
 from slimlab.utils.errors import ConfigError
 
@@ -20,6 +20,14 @@ ORT_INT8_KERNELS = {"QLinearConv", "QLinearMatMul", "QGemm", "MatMulInteger", "C
 
 def export_cfg(tmp_path: Path, *overrides: str):
     return compose_config(tmp_path, list(overrides), config_name="export")
+
+
+def trained_ckpt(tmp_path: Path, overrides: list[str]) -> str:
+    """The best checkpoint of a train.py run of `overrides` under tmp_path/train."""
+    from slimlab.train import train
+
+    _, objects = train(compose_config(tmp_path / "train", overrides))
+    return objects["trainer"].checkpoint_callback.best_model_path
 
 
 def ort_kernels(path: Path, x: np.ndarray) -> set[str]:
@@ -302,8 +310,6 @@ def test_qat_checkpoint_exports_its_own_int8_network_and_learned_scales(
 
 @pytest.mark.slow  # ~1 min: a tiny BERT trained with head pruning and QAT, then exported
 def test_tiny_bert_with_pruned_heads_and_qat_exports_with_parity(tmp_path: Path) -> None:
-    from slimlab.train import train
-
     overrides = [
         "experiment=text_tiny_bert",
         "trainer.max_epochs=2",
@@ -316,11 +322,9 @@ def test_tiny_bert_with_pruned_heads_and_qat_exports_with_parity(tmp_path: Path)
         "compression.qat.freeze_bn_epoch=null",
         "compression.qat.freeze_observer_epoch=null",
         "compression.qat.report.latency=false",
-        "callbacks.rich_progress_bar=null",
-        "callbacks.model_summary=null",
+        *NO_BARS,
     ]
-    _, objects = train(compose_config(tmp_path / "train", overrides))
-    ckpt = objects["trainer"].checkpoint_callback.best_model_path
+    ckpt = trained_ckpt(tmp_path, overrides)
     out = tmp_path / "export"
     summary = export(
         export_cfg(tmp_path, f"ckpt_path={ckpt}", f"output_dir={out}", "latency.batch_sizes=[8]")
@@ -336,8 +340,6 @@ def test_tiny_bert_with_pruned_heads_and_qat_exports_with_parity(tmp_path: Path)
 # -- dynamic int8: the transformer path ----------------------------------------------------------
 @pytest.mark.slow  # ~20 s: a tiny ViT trained for 2 epochs, then exported
 def test_vit_exports_dynamic_int8_with_fp32_convolutions(tmp_path: Path) -> None:
-    from slimlab.train import train
-
     overrides = [
         "experiment=digits_vit",
         "model.net.dim=32",
@@ -345,11 +347,9 @@ def test_vit_exports_dynamic_int8_with_fp32_convolutions(tmp_path: Path) -> None
         "model.net.heads=2",
         "trainer.max_epochs=2",
         "test=false",
-        "callbacks.rich_progress_bar=null",
-        "callbacks.model_summary=null",
+        *NO_BARS,
     ]
-    _, objects = train(compose_config(tmp_path / "train", overrides))
-    ckpt = objects["trainer"].checkpoint_callback.best_model_path
+    ckpt = trained_ckpt(tmp_path, overrides)
     out = tmp_path / "export"
     summary = export(
         export_cfg(
