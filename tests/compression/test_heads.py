@@ -241,6 +241,19 @@ def test_resume_between_head_pruning_steps_continues_exactly(tmp_path: Path, ran
     for name, value in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][name], value, msg=name)
 
+    if ranking == "local":  # a checkpoint of an earlier SlimLab: no dense head counts in it
+        old = torch.load(first_last, weights_only=True)
+        (progress,) = [
+            state["progress"]
+            for state in old["callbacks"].values()
+            if isinstance(state, dict) and state.get("progress")
+        ]
+        del progress["dense_heads"], progress["total_heads"]
+        torch.save(old, tmp_path / "old.ckpt")
+        with pytest.raises(Exception) as info:
+            run("old", "trainer.max_epochs=4", f"ckpt_path={tmp_path / 'old.ckpt'}")
+        assert "did not record the dense head counts" in str(find_config_error(info.value))
+
 
 def test_bad_head_settings_name_the_key(compose_cfg) -> None:
     cfg = compose_cfg(["experiment=digits_vit_prune", "compression.prune.head_amount=1.5"])
@@ -249,6 +262,11 @@ def test_bad_head_settings_name_the_key(compose_cfg) -> None:
     error = find_config_error(info.value)
     assert isinstance(error, ConfigError)
     assert "compression.prune.head_amount=1.5 is out of range" in str(error)
+
+
+def test_head_amount_needs_the_channels_target() -> None:
+    with pytest.raises(ConfigError, match=r"head_amount=0.5 needs target=channels"):
+        StructuredPruning(head_amount=0.5, target="params", report=False)
 
 
 def test_head_amount_on_a_network_without_attention_fails_before_training() -> None:

@@ -278,18 +278,6 @@ def onnxruntime_latencies(
         path = Path(folder) / "model.onnx"
         export_onnx(net, example_batch(example_input, 1), path, ONNX_OPSET)
         session = onnx_session(path, threads)
-    return session_latencies(session, example_input, batch_sizes, repeats, warmup)
-
-
-def session_latencies(
-    session: Any,
-    example_input: Any,
-    batch_sizes: Sequence[int] = BATCH_SIZES,
-    repeats: int = 20,
-    warmup: int = 3,
-) -> dict[int, float]:
-    """Median milliseconds of one call of an onnxruntime `session` per batch size, on batches
-    repeating the first sample of `example_input` (as `measure_latency`)."""
     names = [i.name for i in session.get_inputs()]
     result = {}
     for batch_size in batch_sizes:

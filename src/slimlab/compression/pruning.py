@@ -426,6 +426,12 @@ class StructuredPruning(CompressionCallback):
             f"{KEY}.head_amount={head_amount} is out of range: give a fraction of the attention "
             "heads in [0, 1) (0: keep every head)",
         )
+        require(
+            float(head_amount) == 0 or target == "channels",
+            f"{KEY}.head_amount={head_amount} needs target=channels: with target={target} the "
+            "pruner stops at a parameter or MAC goal, which sets no share of heads; give "
+            f"{KEY}.target=channels, or head_amount=0 (heads keep their count)",
+        )
         self.head_amount = float(head_amount)
         self.keep_token_width = bool(keep_token_width)
         self._token_width_layers: list[str] = []
@@ -725,6 +731,13 @@ class StructuredPruning(CompressionCallback):
             self._pruner, self._pruner_steps = self._build(net, example, self.importance), k
         pruner = self._pruner
         if self._progress is not None and pruner.current_step != self._progress["step"]:
+            if pruner.num_heads and self.head_amount > 0 and "dense_heads" not in self._progress:
+                raise ConfigError(
+                    f"{KEY}: this checkpoint was saved between head-pruning steps by an earlier "
+                    "SlimLab, which did not record the dense head counts the next step needs: "
+                    "resume from a checkpoint written before the first pruning step, or train "
+                    "the run again"
+                )
             resume_pruner(pruner, self._progress)  # a resumed run: the network is pruned already
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(torch.initial_seed() + k)  # importance=random: reproducible steps

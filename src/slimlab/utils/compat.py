@@ -82,12 +82,20 @@ def set_best_checkpoint(callback: Any, path: str) -> None:
     callback.best_model_path = str(path)
 
 
+# the BasePruner attributes a schedule's progress is read from and written back to
+PRUNER_PROGRESS_FIELDS = (
+    "current_step",
+    "_scope_initial_channels",
+    "initial_total_heads",
+    "init_num_heads",
+)
+
+
 def pruner_progress(pruner: Any) -> dict[str, Any]:
     """What a torch-pruning pruner needs to continue its schedule in a new process: its step,
     the initial channel count of each ranking scope (filled by its first step), and the dense
     head counts (all attention modules together, and each q/k/v layer's)."""
-    names = ("current_step", "_scope_initial_channels", "initial_total_heads", "init_num_heads")
-    _require_attributes(pruner, names, "BasePruner")
+    _require_attributes(pruner, PRUNER_PROGRESS_FIELDS, "BasePruner")
     layer_names = {m: name for name, m in pruner.model.named_modules()}
     return {
         "step": int(pruner.current_step),
@@ -101,8 +109,7 @@ def resume_pruner(pruner: Any, progress: dict[str, Any]) -> None:
     """Continue a freshly built pruner where `pruner_progress` left it (after a resume the
     network is already pruned, so its initial widths and head counts must come from the saved
     progress)."""
-    names = ("current_step", "_scope_initial_channels", "initial_total_heads", "init_num_heads")
-    _require_attributes(pruner, names, "BasePruner")
+    _require_attributes(pruner, PRUNER_PROGRESS_FIELDS, "BasePruner")
     pruner.current_step = int(progress["step"])
     pruner._scope_initial_channels.update(progress["scope_channels"])
     pruner.initial_total_heads = int(progress.get("total_heads", pruner.initial_total_heads))
