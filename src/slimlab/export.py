@@ -96,7 +96,8 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
     require(
         quantize in QUANTIZE,
         f"quantize={quantize!r} is not supported: give int8 (static, calibrated), "
-        "int8_dynamic (weights only, activations at run time), or null for fp32 only",
+        "int8_dynamic (int8 weights, activations quantized per call, no calibration), or "
+        "null for fp32 only",
     )
     require(
         quantize is None or fmt in ("all", "onnx"),
@@ -409,6 +410,8 @@ def _write_int8(
     """
     bits = " (7-bit range: reduce_range)" if settings["reduce_range"] else ""
     if int8_net is not None:
+        if settings["quantize"] not in (None, "int8"):
+            log.info(f"quantize={settings['quantize']} does not apply: the checkpoint is QAT")
         log.info(f"Exporting {INT8} (the QAT checkpoint's int8 network and scales)")
         export_onnx(int8_net, example, temporary[INT8], settings["opset"])
         return {
