@@ -55,14 +55,10 @@ START, END = "<!-- bench_transformers:start -->", "<!-- bench_transformers:end -
 
 import slimlab.utils.resolvers  # noqa: E402,F401  (registers ${slimlab.*})
 from slimlab.compression.heads import head_counts  # noqa: E402
-from slimlab.compression.measure import (  # noqa: E402
-    compare,
-    count_params,
-    measure,
-    session_latencies,
-)
+from slimlab.compression.measure import compare, count_params, measure  # noqa: E402
 from slimlab.inference.data import model_batches  # noqa: E402
 from slimlab.inference.exporters import export_onnx, quantize_onnx_dynamic  # noqa: E402
+from slimlab.inference.latency import latency_table  # noqa: E402
 from slimlab.inference.parity import parity  # noqa: E402
 from slimlab.inference.runtime import as_feed, onnx_runner, onnx_session, torch_runner  # noqa: E402
 from slimlab.train import train  # noqa: E402
@@ -179,7 +175,7 @@ def main() -> None:
             accs["pruned"].append(acc)
             nets["pruned"] = objects["model"].net.cpu().eval()
             acc, objects = run(
-                "digits_vit_prune_kd", seed, args.epochs // 2, workdir,
+                "digits_vit_prune_kd", seed, max(1, args.epochs // 2), workdir,
                 f"compression.distill.teacher_ckpt={dense_ckpt}",
                 "compression.prune.report.latency=false",
                 "compression.distill.report.latency=false",
@@ -222,10 +218,12 @@ def main() -> None:
         for name, (runtime, net) in runs_on.items()
     }  # fmt: skip
 
+    feeds = {b: {"input": torch.zeros(b, 1, 8, 8).numpy()} for b in (1, 64)}
+
     def session_timer(session: object, size: int) -> Callable[[], dict]:
-        def timer() -> dict:
-            times = session_latencies(session, example, (1, 64), args.repeats)
-            return {"size_bytes": size, **{f"latency_ms_b{b}": t for b, t in times.items()}}
+        def timer() -> dict:  # one round: the rounds are interleaved here
+            times = latency_table({"int8": onnx_runner(session)}, feeds, 1, args.repeats)
+            return {"size_bytes": size, **{f"latency_ms_{b}": t for b, t in times["int8"].items()}}
 
         return timer
 
