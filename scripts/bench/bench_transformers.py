@@ -52,6 +52,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "transformers.md"
 START, END = "<!-- bench_transformers:start -->", "<!-- bench_transformers:end -->"
+BATCH_SIZES = (1, 64)  # latency is timed at these: the table's b1 and b64 columns
 
 import slimlab.utils.resolvers  # noqa: E402,F401  (registers ${slimlab.*})
 from slimlab.compression.heads import head_counts  # noqa: E402
@@ -88,6 +89,11 @@ def run(
     return float(metrics["test/acc"]), objects
 
 
+def example_batch(size: int) -> torch.Tensor:
+    """A batch of `size` blank 8x8 digits: what latency is timed on (and exports trace)."""
+    return torch.zeros(size, 1, 8, 8)
+
+
 def cpu_int8_features() -> str:
     """The x86 int8 instructions this CPU has (onnxruntime's int8 speed depends on them)."""
     try:
@@ -116,7 +122,7 @@ def dynamic_int8(
     settings = OmegaConf.load(ROOT / "configs" / "export.yaml")
     folder.mkdir(parents=True, exist_ok=True)
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
-    export_onnx(net, torch.zeros(1, 1, 8, 8), fp32, settings.opset)
+    export_onnx(net, example_batch(1), fp32, settings.opset)
     quantize_onnx_dynamic(fp32, int8, settings.reduce_range)
     session = onnx_session(str(int8), threads=1)
     tests = [(as_feed(x), y.numpy()) for x, y in model_batches(datamodule, "test")]
@@ -204,7 +210,7 @@ def main() -> None:
             nets["int8"] = objects["model"].net.cpu().eval()
             print(f"seed {seed}: " + ", ".join(f"{k} {v[-1]:.4f}" for k, v in accs.items()))
 
-    example = torch.zeros(1, 1, 8, 8)
+    example = example_batch(1)
     # where each network runs: the int8 one as QDQ ONNX in onnxruntime (PyTorch runs a converted
     # PT2E graph as reference quantize/dequantize ops), the dense one there too for reference
     runs_on = {name: ("torch", net) for name, net in nets.items() if name != "int8"}
@@ -212,13 +218,13 @@ def main() -> None:
     runs_on["int8"] = ("onnxruntime", nets["int8"])
     timers = {
         name: functools.partial(
-            measure, net, example, batch_sizes=(1, 64), repeats=args.repeats, threads=1,
+            measure, net, example, batch_sizes=BATCH_SIZES, repeats=args.repeats, threads=1,
             runtime=runtime,
         )
         for name, (runtime, net) in runs_on.items()
     }  # fmt: skip
 
-    feeds = {b: {"input": torch.zeros(b, 1, 8, 8).numpy()} for b in (1, 64)}
+    feeds = {b: {"input": example_batch(b).numpy()} for b in BATCH_SIZES}
 
     def session_timer(session: object, size: int) -> Callable[[], dict]:
         def timer() -> dict:  # one round: the rounds are interleaved here
