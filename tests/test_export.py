@@ -308,26 +308,41 @@ def test_qat_checkpoint_exports_its_own_int8_network_and_learned_scales(
     np.testing.assert_allclose(onnx_weight_scales, learned, rtol=0.01)
 
 
-@pytest.mark.slow  # ~1 min: a tiny BERT trained with head pruning and QAT, then exported
-def test_tiny_bert_with_pruned_heads_and_qat_exports_with_parity(tmp_path: Path) -> None:
+@pytest.mark.slow  # ~1.5 min: a tiny BERT teacher, then heads pruned + KD + QAT in one run
+def test_tiny_bert_pruned_distilled_and_qat_reloads_and_exports_with_parity(
+    tmp_path: Path,
+) -> None:
+    from slimlab.eval import evaluate
+    from slimlab.train import train
+
+    teacher = trained_ckpt(
+        tmp_path / "teacher", ["experiment=text_tiny_bert", "trainer.max_epochs=2", *NO_BARS]
+    )
     overrides = [
-        "experiment=text_tiny_bert",
-        "trainer.max_epochs=2",
-        "test=false",
-        "compression=[prune,qat]",
-        "compression.prune.start_epoch=0",
-        "compression.prune.head_amount=0.5",
+        "experiment=text_tiny_bert_compress",  # the "one command"
+        f"compression.distill.teacher_ckpt={teacher}",
+        "trainer.max_epochs=3",
         "compression.prune.report.latency=false",
+        "compression.distill.report.latency=false",
         "compression.qat.start_epoch=1",
-        "compression.qat.freeze_bn_epoch=null",
-        "compression.qat.freeze_observer_epoch=null",
+        "compression.qat.freeze_observer_epoch=2",
         "compression.qat.report.latency=false",
         *NO_BARS,
     ]
-    ckpt = trained_ckpt(tmp_path, overrides)
+    cfg = compose_config(tmp_path / "train", overrides)
+    metrics, objects = train(cfg)
+    run = cfg.paths.output_dir  # as ckpt_path, its metrics.json names the best (int8) checkpoint
+    (int8,) = Path(run, "checkpoints").glob("*-int8.ckpt")
+    structure = torch.load(int8, weights_only=True)["slimlab"]["structure"]
+    assert [e["kind"] for e in structure] == ["prune", "qat", "qat"]  # cut, prepared, converted
+    assert set(structure[0]["heads"].values()) == {1}, structure[0]["heads"]  # 2 heads -> 1
+    # eval.py rebuilds the pruned int8 model from its checkpoint and scores it the same
+    eval_cfg = compose_config(tmp_path / "eval", [f"ckpt_path={run}"], config_name="eval")
+    eval_metrics, _ = evaluate(eval_cfg)
+    assert float(eval_metrics["test/acc"]) == pytest.approx(float(metrics["test/acc"]), abs=1e-6)
     out = tmp_path / "export"
     summary = export(
-        export_cfg(tmp_path, f"ckpt_path={ckpt}", f"output_dir={out}", "latency.batch_sizes=[8]")
+        export_cfg(tmp_path, f"ckpt_path={run}", f"output_dir={out}", "latency.batch_sizes=[8]")
     )
     # dict batches of token ids reach parity; the int8 graph's dropout is off (it was random)
     assert summary["passed"], summary["artifacts"]
