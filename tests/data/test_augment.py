@@ -12,6 +12,7 @@ from slimlab.data.augment import (
     RandomCrop,
     RandomHorizontalFlip,
     RandomShift,
+    mix_inputs,
 )
 from slimlab.utils.errors import ConfigError
 
@@ -157,3 +158,44 @@ def test_bad_arguments_raise_config_error_naming_the_key(build, message) -> None
 def test_transforms_reject_a_batch_without_four_dims() -> None:
     with pytest.raises(ConfigError, match=r"give a batch of images \(N, C, H, W\)"):
         RandomCrop(4)(torch.rand(3, 8, 8))
+
+
+# -- mix_inputs: images mixed in pairs, labels left to a teacher --------------------------------
+def test_cutmix_pastes_one_box_of_a_partner_image_into_every_image() -> None:
+    torch.manual_seed(0)
+    n = 16
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 8, 8).contiguous()
+    mixed = mix_inputs(x, "cutmix", beta=1.0)
+    assert torch.equal(x[:, 0, 0, 0], torch.arange(16.0)), "x itself is left as it was"
+    masks = [mixed[i, 0] != i for i in range(n)]  # where image i holds another image's pixels
+    pasted = [m for m in masks if m.any()]  # images paired with themselves show no box
+    assert len(pasted) >= n // 2
+    box = pasted[0]
+    assert all(torch.equal(m, box) for m in pasted), "one box, the same for the whole batch"
+    rows, cols = box.nonzero().unbind(1)
+    assert box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all(), "a rectangle"
+    partners = [int(mixed[i, 0][box][0]) for i in range(n)]
+    assert sorted(partners) == list(range(n)), "each image pasted into exactly one other"
+    for i in range(n):
+        assert torch.equal(mixed[i, 0][box].unique(), torch.tensor([float(partners[i])]))
+
+
+def test_mixup_blends_each_image_with_one_partner() -> None:
+    torch.manual_seed(1)
+    x = torch.randn(32, 1, 8, 8)
+    mixed = mix_inputs(x, "mixup", beta=1.0)
+    flat, mix_flat = x.flatten(1), mixed.flatten(1)
+    for i in range(32):  # mixed[i] = lam x[i] + (1 - lam) x[j] for one j and one lam per batch
+        errors = []
+        for j in range(32):
+            d = flat[i] - flat[j]
+            lam = float(((mix_flat[i] - flat[j]) @ d) / (d @ d)) if i != j else 1.0
+            errors.append((mix_flat[i] - (lam * flat[i] + (1 - lam) * flat[j])).abs().max())
+        assert min(errors) < 1e-5
+
+
+def test_mix_inputs_refuses_unknown_kinds_and_non_image_batches() -> None:
+    with pytest.raises(ConfigError, match=r"mix='blend' is not a mix: give one of"):
+        mix_inputs(torch.zeros(2, 1, 8, 8), "blend")
+    with pytest.raises(ConfigError, match="give a batch of images"):
+        mix_inputs(torch.zeros(2, 64), "mixup")

@@ -8,6 +8,7 @@ Randomness comes from torch's global generator of the batch's device (seeded by 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -165,6 +166,39 @@ class RandomHorizontalFlip(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+# -- mixing images without their labels: for training against a teacher ------------------------
+MIXES = ("cutmix", "mixup")
+
+
+def mix_inputs(x: torch.Tensor, kind: str, beta: float = 1.0) -> torch.Tensor:
+    """A new batch where each image is mixed with another image of `x` (a random pairing).
+
+    `cutmix` (Yun et al. 2019) pastes one box of the partner image, the box's area a share
+    `1 - lam` of the image; `mixup` (Zhang et al. 2018) blends the whole images,
+    `lam * x + (1 - lam) * partner`; `lam ~ Beta(beta, beta)`, one per batch. Labels are not
+    mixed: what these images are is for a teacher to say (KD's function matching, Beyer et
+    al. 2022), so they are for `compression.distill.mix`, not for a datamodule's `augment`.
+    Randomness comes from torch's global generator, as the other transforms here.
+    """
+    _check_batch(x, "mix")
+    require(kind in MIXES, f"mix={kind!r} is not a mix: give one of {list(MIXES)}")
+    n, _, height, width = x.shape
+    lam = float(torch.distributions.Beta(beta, beta).sample())
+    partner = x[torch.randperm(n, device=x.device)]
+    if kind == "mixup":
+        return lam * x + (1.0 - lam) * partner
+    cut = math.sqrt(1.0 - lam)
+    box_h, box_w = round(height * cut), round(width * cut)
+    centre_y = int(torch.randint(height, ()))
+    centre_x = int(torch.randint(width, ()))
+    top, left = max(centre_y - box_h // 2, 0), max(centre_x - box_w // 2, 0)
+    bottom = min(centre_y - box_h // 2 + box_h, height)
+    right = min(centre_x - box_w // 2 + box_w, width)
+    mixed = x.clone()
+    mixed[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right]
+    return mixed
 
 
 class Compose(nn.Sequential):
