@@ -12,7 +12,8 @@ run or cut from the trained model and distilled from it), distilled from a CNN t
    (50% of the heads and of the MLP width removed at a third of the epochs, fine-tuned),
    `experiment=digits_vit_prune_kd` (that seed's trained dense ViT with half its heads, MLP
    width and token width cut, fine-tuned for half the epochs with KD from its dense self),
-   `experiment=digits_vit_distill` (KD from that CNN teacher) and `experiment=digits_vit
+   `experiment=digits_vit_distill` (KD from that CNN teacher, on CutMix images it labels; and
+   as plain logit KD, `mix=null alpha=0.9`, for comparison) and `experiment=digits_vit
    compression=qat` (fp32 for the first half of the epochs, then PT2E fake quantization, int8
    ranges frozen for the last tenth, converted to an int8 x86 network, which is the one
    tested), all through `slimlab.train.train`. "Gap closed" = (mean KD acc - mean dense acc) /
@@ -130,11 +131,23 @@ def dynamic_int8(
     return check["accuracy"], session, int8.stat().st_size
 
 
-def kd_settings() -> str:
-    """The KD settings `experiment=digits_vit_distill` gives (as the table row names them)."""
+PLAIN_KD = ("compression.distill.mix=null", "compression.distill.alpha=0.9")
+
+
+def kd_settings(*overrides: str) -> str:
+    """The KD settings `experiment=digits_vit_distill` gives, with `overrides` (key=value of
+    compression.distill), as the table rows name them."""
     experiment = OmegaConf.load(ROOT / "configs" / "experiment" / "digits_vit_distill.yaml")
     kd = experiment.compression.distill
-    return f"T={kd.temperature}, alpha={kd.alpha}" + (", hard" if kd.get("hard") else "")
+    for override in overrides:
+        key, value = override.removeprefix("compression.distill.").split("=")
+        kd[key] = None if value == "null" else float(value)
+    mix = kd.get("mix")
+    return (
+        f"T={kd.temperature}, alpha={kd.alpha}"
+        + (", hard" if kd.get("hard") else "")
+        + (f", {mix} images" if mix else ", no mixing")
+    )
 
 
 def main() -> None:
@@ -150,8 +163,8 @@ def main() -> None:
     started = time.time()
     load_before = round(os.getloadavg()[0], 2)
     accs: dict[str, list[float]] = {
-        "dense": [], "pruned": [], "pruned_kd": [], "kd": [], "int8": [], "int8_dynamic": [],
-        "pruned_kd_int8": [], "teacher": [],
+        "dense": [], "pruned": [], "pruned_kd": [], "kd": [], "kd_plain": [], "int8": [],
+        "int8_dynamic": [], "pruned_kd_int8": [], "teacher": [],
     }  # fmt: skip
     qat_start = args.epochs // 2
     qat_freeze = args.epochs - max(1, args.epochs // 10)  # int8 ranges frozen from here on
@@ -198,6 +211,13 @@ def main() -> None:
                 "compression.distill.report.latency=false",
             )  # fmt: skip
             accs["kd"].append(acc)
+            acc, _ = run(
+                "digits_vit_distill", seed, args.epochs, workdir,
+                f"compression.distill.teacher_ckpt={teacher_ckpt}",
+                "compression.distill.report.latency=false",
+                *PLAIN_KD, tag="_plain",
+            )  # fmt: skip
+            accs["kd_plain"].append(acc)
             acc, objects = run(
                 "digits_vit", seed, args.epochs, workdir,
                 "compression=qat",
@@ -256,6 +276,7 @@ def main() -> None:
     mean = {k: statistics.mean(v) for k, v in accs.items()}
     gap = mean["teacher"] - mean["dense"]
     closed = (mean["kd"] - mean["dense"]) / gap if gap > 0 else float("nan")
+    closed_plain = (mean["kd_plain"] - mean["dense"]) / gap if gap > 0 else float("nan")
     heads = sorted(set(head_counts(nets["pruned"]).values()))
     prune_drop = 100 * (mean["dense"] - mean["pruned"])
     prune_kd_drop = 100 * (mean["dense"] - mean["pruned_kd"])
@@ -285,8 +306,10 @@ def main() -> None:
         f"| {pct(accs['pruned_kd'])} "
         f"| {count_params(nets['pruned_kd']):,} | {timed['pruned_kd']['latency_ms_b1']:.2f} "
         f"| {timed['pruned_kd']['latency_ms_b64']:.1f} | {pruned_kd['speedup_b64']:.2f}x |",
-        f"| KD from the CNN teacher ({kd_settings()}) | {pct(accs['kd'])} "
+        f"| KD from the CNN teacher ({kd_settings()}; `digits_vit_distill`) | {pct(accs['kd'])} "
         f"| {count_params(nets['dense']):,} | – | – | – |",
+        f"| plain logit KD from the CNN teacher ({kd_settings(*PLAIN_KD)}) "
+        f"| {pct(accs['kd_plain'])} | {count_params(nets['dense']):,} | – | – | – |",
         f"| dense, ONNX fp32 in onnxruntime (reference) | – "
         f"| {count_params(nets['dense']):,} | {timed['dense_ort']['latency_ms_b1']:.2f} "
         f"| {timed['dense_ort']['latency_ms_b64']:.1f} | {dense_ort['speedup_b64']:.2f}x |",
@@ -314,7 +337,8 @@ def main() -> None:
         f"({verdict(prune_kd_drop <= 1.5)}). KD from the CNN changes accuracy by "
         f"{100 * (mean['kd'] - mean['dense']):+.2f} points, closing {100 * closed:.0f} % of "
         f"the gap to the teacher ({100 * gap:+.2f} points; target >= 30 %: "
-        f"{verdict(closed >= 0.3)}). int8 vs fp32 eager at batch 64 "
+        f"{verdict(closed >= 0.3)}); plain logit KD {100 * closed_plain:.0f} %. "
+        "int8 vs fp32 eager at batch 64 "
         f"(target >= 2x with <= 1 point drop): QAT {int8['speedup_b64']:.2f}x "
         f"({verdict(int8['speedup_b64'] >= 2.0)}), {0.0 - int8_drop:+.2f} points "
         f"({verdict(int8_drop <= 1.0)}); dynamic {dyn['speedup_b64']:.2f}x "
@@ -337,6 +361,7 @@ def main() -> None:
             "table": table,
             "accuracy": accs,
             "gap_closed": closed,
+            "gap_closed_plain_kd": closed_plain,
             "pruned_vs_dense": pruned,
             "pruned_kd_vs_dense": pruned_kd,
             "onnx_fp32_vs_dense": dense_ort,
