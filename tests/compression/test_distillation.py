@@ -8,7 +8,6 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -138,66 +137,6 @@ def test_hard_distillation_uses_the_teachers_top_class_as_a_label(
     assert summary["compression"]["distillation"]["hard"] is True
 
 
-def test_mix_trains_on_mixed_images_that_the_teacher_labels(
-    compose_cfg, teacher_ckpt: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    cfg = compose_cfg(
-        distill(
-            teacher_ckpt,
-            "compression.distill.alpha=1.0",
-            "compression.distill.mix=cutmix",
-            "test=false",
-        )
-    )
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (batch images before, after mixing)
-    mix = KnowledgeDistillation._mix
-
-    def spy(self: KnowledgeDistillation, batch: Any) -> None:
-        before = batch[0].clone()
-        mix(self, batch)
-        seen.append((before, batch[0]))
-
-    taught: list[torch.Tensor] = []  # the images the teacher ran on, per training step
-    run_teacher = KnowledgeDistillation._run_teacher
-
-    def teacher_spy(self: KnowledgeDistillation) -> torch.Tensor:
-        if self._teacher_logits is None:
-            taught.append(self._inputs[0][0])
-        return run_teacher(self)
-
-    monkeypatch.setattr(KnowledgeDistillation, "_mix", spy)
-    monkeypatch.setattr(KnowledgeDistillation, "_run_teacher", teacher_spy)
-    metrics, objects = train(cfg)
-    callback = distill_callback(objects)
-    assert callback.mix == "cutmix" and float(metrics["train/kd"]) > 0
-    assert len(seen) == 4, "every training batch went through the mix"
-    assert sum(not torch.equal(before, after) for before, after in seen) >= 3  # lam ~ U(0, 1)
-    # the student's net and the teacher ran on the mixed images, once per step
-    assert len(taught) == len(seen)
-    assert all(torch.equal(t, after) for t, (_, after) in zip(taught, seen, strict=True))
-    summary = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
-    section = summary["compression"]["distillation"]
-    assert (section["mix"], section["mix_beta"], section["alpha"]) == ("cutmix", 1.0, 1.0)
-
-
-def test_mix_refuses_a_model_whose_input_is_not_images(compose_cfg, teacher_ckpt: str) -> None:
-    cfg = compose_cfg(
-        [
-            *QUIET,
-            *LIMITS,
-            "experiment=text_tiny_bert",
-            "data.num_train=64",
-            "compression=distill",
-            "compression.distill.teacher_net={_target_:slimlab.models.nets.MLP,"
-            "input_shape:[1,8,8],num_classes:4}",
-            "compression.distill.alpha=1.0",
-            "compression.distill.mix=mixup",
-        ]
-    )
-    with pytest.raises(ConfigError, match=r"compression\.distill\.mix=mixup mixes images"):
-        train(cfg)
-
-
 def test_teacher_from_a_net_config_and_weights_file(
     compose_cfg, tmp_path: Path, teacher_ckpt: str
 ) -> None:
@@ -296,9 +235,6 @@ def test_resume_with_feature_distillation_continues_exactly(
         ({"teacher_weights": "w.pt"}, "compression.distill.teacher_weights=w.pt"),
         ({"feature_pairs": [["features.2"]]}, "compression.distill.feature_pairs"),
         ({"hard": "yes"}, "compression.distill.hard='yes' is not a boolean"),
-        ({"mix": "blend", "alpha": 1.0}, "compression.distill.mix='blend' is not a mix"),
-        ({"mix": "cutmix", "mix_beta": 0}, "compression.distill.mix_beta=0 is out of range"),
-        ({"mix": "cutmix", "alpha": 0.9}, "compression.distill.mix=cutmix needs"),
     ],
 )
 def test_bad_settings_fail_when_the_callback_is_built(kwargs: dict, key: str) -> None:

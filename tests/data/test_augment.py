@@ -12,7 +12,7 @@ from slimlab.data.augment import (
     RandomCrop,
     RandomHorizontalFlip,
     RandomShift,
-    mix_inputs,
+    mix_batch,
 )
 from slimlab.utils.errors import ConfigError
 
@@ -160,12 +160,13 @@ def test_transforms_reject_a_batch_without_four_dims() -> None:
         RandomCrop(4)(torch.rand(3, 8, 8))
 
 
-# -- mix_inputs: images mixed in pairs, labels left to a teacher --------------------------------
-def test_cutmix_pastes_one_box_of_a_partner_image_into_every_image() -> None:
+# -- mix_batch: images mixed in pairs, labels mixed with them ---------------------------------
+def test_cutmix_pastes_one_box_of_a_partner_and_labels_by_area() -> None:
     torch.manual_seed(0)
     n = 16
     x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 8, 8).contiguous()
-    mixed = mix_inputs(x, "cutmix", beta=1.0)
+    y = torch.arange(n) % 10
+    mixed, soft = mix_batch(x, y, "cutmix", num_classes=10)
     assert torch.equal(x[:, 0, 0, 0], torch.arange(16.0)), "x itself is left as it was"
     masks = [mixed[i, 0] != i for i in range(n)]  # where image i holds another image's pixels
     pasted = [m for m in masks if m.any()]  # images paired with themselves show no box
@@ -176,26 +177,37 @@ def test_cutmix_pastes_one_box_of_a_partner_image_into_every_image() -> None:
     assert box[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all(), "a rectangle"
     partners = [int(mixed[i, 0][box][0]) for i in range(n)]
     assert sorted(partners) == list(range(n)), "each image pasted into exactly one other"
+    share = float(box.float().mean())  # the box's area, as a share of the image
+    assert soft.shape == (n, 10)
+    torch.testing.assert_close(soft.sum(1), torch.ones(n))
     for i in range(n):
-        assert torch.equal(mixed[i, 0][box].unique(), torch.tensor([float(partners[i])]))
+        expected = torch.zeros(10)
+        expected[y[i]] += 1 - share
+        expected[y[partners[i]]] += share
+        torch.testing.assert_close(soft[i], expected)
 
 
-def test_mixup_blends_each_image_with_one_partner() -> None:
+def test_mixup_blends_each_image_and_its_label_with_one_partner() -> None:
     torch.manual_seed(1)
-    x = torch.randn(32, 1, 8, 8)
-    mixed = mix_inputs(x, "mixup", beta=1.0)
+    x, y = torch.randn(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    mixed, soft = mix_batch(x, y, "mixup", num_classes=10)
     flat, mix_flat = x.flatten(1), mixed.flatten(1)
     for i in range(32):  # mixed[i] = lam x[i] + (1 - lam) x[j] for one j and one lam per batch
-        errors = []
+        best = (float("inf"), 0, 1.0)
         for j in range(32):
             d = flat[i] - flat[j]
             lam = float(((mix_flat[i] - flat[j]) @ d) / (d @ d)) if i != j else 1.0
-            errors.append((mix_flat[i] - (lam * flat[i] + (1 - lam) * flat[j])).abs().max())
-        assert min(errors) < 1e-5
+            error = float((mix_flat[i] - (lam * flat[i] + (1 - lam) * flat[j])).abs().max())
+            best = min(best, (error, j, lam))
+        error, j, lam = best
+        assert error < 1e-5
+        expected = lam * F.one_hot(y[i], 10).float() + (1 - lam) * F.one_hot(y[j], 10).float()
+        torch.testing.assert_close(soft[i], expected, atol=1e-4, rtol=0)
 
 
-def test_mix_inputs_refuses_unknown_kinds_and_non_image_batches() -> None:
-    with pytest.raises(ConfigError, match=r"mix='blend' is not a mix: give one of"):
-        mix_inputs(torch.zeros(2, 1, 8, 8), "blend")
+def test_mix_batch_refuses_unknown_kinds_and_non_image_batches() -> None:
+    y = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ConfigError, match=r"data.mix='blend' is not a mix: give null or one of"):
+        mix_batch(torch.zeros(2, 1, 8, 8), y, "blend", 10)
     with pytest.raises(ConfigError, match="give a batch of images"):
-        mix_inputs(torch.zeros(2, 64), "mixup")
+        mix_batch(torch.zeros(2, 64), y, "mixup", 10)

@@ -23,9 +23,6 @@ Where things live, and why:
   optimizer or DDP wrapper. Every DDP rank builds its own copy and runs it on its shard.
 - The teacher sees exactly what the student sees: a forward pre-hook on `net` records the
   input of each training forward, and the teacher runs on it under `no_grad`, in eval mode.
-  With `mix` (cutmix or mixup, `alpha=1`) each training batch's images are first mixed in
-  place (`slimlab.data.augment.mix_inputs`), so the teacher labels images no label describes:
-  KD as function matching (Beyer et al. 2022).
 - Feature projections (when a student and teacher layer differ in width) are trained with
   the student. They are attached to the LightningModule as the submodule
   `distill_projections` during `fit` only, so `configure_optimizers` (also when pruning or
@@ -65,7 +62,6 @@ from typing_extensions import override
 
 from slimlab.compression import measure
 from slimlab.compression.callback import CompressionCallback, Stage
-from slimlab.data.augment import MIXES, mix_inputs
 from slimlab.models.base import SlimModule, call_net, logits_of
 from slimlab.utils.errors import ConfigError, require
 from slimlab.utils.logging import get_logger
@@ -190,8 +186,6 @@ class KnowledgeDistillation(CompressionCallback):
         feature_weight: float = 1.0,
         init_student: bool = False,
         hard: bool = False,
-        mix: str | None = None,
-        mix_beta: float = 1.0,
         report: bool | Mapping[str, Any] = True,
     ) -> None:
         super().__init__()
@@ -234,21 +228,6 @@ class KnowledgeDistillation(CompressionCallback):
             "label, DeiT's hard distillation) or false (its softened distribution)",
         )
         require(
-            mix is None or mix in MIXES,
-            f"{KEY}.mix={mix!r} is not a mix: give null (the images as they are) or one of "
-            f"{list(MIXES)}",
-        )
-        require(
-            isinstance(mix_beta, int | float) and mix_beta > 0,
-            f"{KEY}.mix_beta={mix_beta} is out of range: give a Beta parameter > 0 (1: the mixed "
-            "share uniform in [0, 1])",
-        )
-        require(
-            mix is None or alpha == 1.0,
-            f"{KEY}.mix={mix} needs {KEY}.alpha=1.0, not {alpha}: a mixed image has no label, "
-            "so the teacher's answer must be the whole target",
-        )
-        require(
             isinstance(feature_weight, int | float) and feature_weight >= 0,
             f"{KEY}.feature_weight={feature_weight} is out of range: give a weight >= 0",
         )
@@ -269,8 +248,6 @@ class KnowledgeDistillation(CompressionCallback):
         self.feature_weight = float(feature_weight)
         self.init_student = init_student
         self.hard = hard
-        self.mix = mix
-        self.mix_beta = float(mix_beta)
         self.report = measure.report_settings(report, KEY)
 
         self.teacher: nn.Module | None = None
@@ -405,13 +382,6 @@ class KnowledgeDistillation(CompressionCallback):
         if stage != "fit":
             return
         pl_module = self.check_setup(trainer, pl_module)
-        if self.mix is not None:
-            example = pl_module.example_input_array
-            require(
-                isinstance(example, torch.Tensor) and example.dim() == 4,
-                f"{KEY}.mix={self.mix} mixes images (N, C, H, W), but the model's example "
-                f"input is {measure.describe_input(example)}: give mix=null for this model",
-            )
         if self.teacher is None:
             self.teacher = self.build_teacher()
             self._warn_if_other_data(pl_module)
@@ -434,7 +404,6 @@ class KnowledgeDistillation(CompressionCallback):
             f"teacher params, {measure.count_params(pl_module.net):,} student params): "
             f"{'hard labels' if self.hard else f'T={self.temperature}'}, "
             f"alpha={self.alpha}, feature pairs={self.feature_pairs or 'none'}"
-            + (f", {self.mix} of the training images" if self.mix else "")
         )
 
     @override
@@ -458,8 +427,6 @@ class KnowledgeDistillation(CompressionCallback):
             self._hook_student(pl_module.net)
         self._inputs = None
         self._teacher_logits = None
-        if self.mix is not None:
-            self._mix(batch)
         self._student_feats.clear()
         self._teacher_feats.clear()
 
@@ -486,8 +453,6 @@ class KnowledgeDistillation(CompressionCallback):
             "temperature": self.temperature,
             "hard": self.hard,
             "alpha": self.alpha,
-            "mix": self.mix,
-            "mix_beta": self.mix_beta if self.mix else None,
             "feature_pairs": copy.deepcopy(self.feature_pairs),
             "feature_weight": self.feature_weight,
             # counts the packed weights of int8 layers too (a QAT student ends converted)
@@ -720,18 +685,6 @@ class KnowledgeDistillation(CompressionCallback):
             self._teacher_hooks.append(layer.register_forward_hook(_Hook(hook)))
 
     # -- per-step ---------------------------------------------------------------------------
-    def _mix(self, batch: Any) -> None:
-        """Mix the batch's images in place: the student trains on them and the teacher labels
-        them (the task loss has weight 0, so the unmixed labels are not used)."""
-        images = batch[0] if isinstance(batch, list | tuple) and batch else None
-        require(
-            isinstance(images, torch.Tensor) and images.dim() == 4,
-            f"{KEY}.mix={self.mix} needs training batches (images (N, C, H, W), labels), not "
-            f"{type(batch).__name__}: give mix=null for this data",
-        )
-        with torch.no_grad():
-            images.copy_(mix_inputs(images, self.mix, self.mix_beta))
-
     def _record_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         if module.training and torch.is_grad_enabled():
             self._inputs = (args, kwargs)

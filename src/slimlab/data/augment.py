@@ -168,37 +168,43 @@ class RandomHorizontalFlip(nn.Module):
         return f"p={self.p}"
 
 
-# -- mixing images without their labels: for training against a teacher ------------------------
+# -- mixing training batches: images and their labels ----------------------------------------
 MIXES = ("cutmix", "mixup")
 
 
-def mix_inputs(x: torch.Tensor, kind: str, beta: float = 1.0) -> torch.Tensor:
-    """A new batch where each image is mixed with another image of `x` (a random pairing).
+def mix_batch(
+    x: torch.Tensor, y: torch.Tensor, kind: str, num_classes: int, beta: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image mixed with a partner from the same batch (a random pairing), and its label
+    with the partner's: (mixed images, soft labels (N, num_classes) summing to 1).
 
-    `cutmix` (Yun et al. 2019) pastes one box of the partner image, the box's area a share
-    `1 - lam` of the image; `mixup` (Zhang et al. 2018) blends the whole images,
-    `lam * x + (1 - lam) * partner`; `lam ~ Beta(beta, beta)`, one per batch. Labels are not
-    mixed: what these images are is for a teacher to say (KD's function matching, Beyer et
-    al. 2022), so they are for `compression.distill.mix`, not for a datamodule's `augment`.
-    Randomness comes from torch's global generator, as the other transforms here.
+    `cutmix` (Yun et al. 2019) pastes one box of the partner image, the same box for the whole
+    batch; `mixup` (Zhang et al. 2018) blends the whole images, `lam * x + (1 - lam) * partner`.
+    `lam ~ Beta(beta, beta)`, once per batch; each label keeps the share of the image that is
+    its own (for cutmix the box's real area, after clipping at the border). Cross-entropy takes
+    the soft labels as they are; a teacher that sees the mixed images says what they are in its
+    own terms (KD on mixed images, as DeiT trains). Randomness: torch's global generator.
     """
-    _check_batch(x, "mix")
-    require(kind in MIXES, f"mix={kind!r} is not a mix: give one of {list(MIXES)}")
+    _check_batch(x, "data.mix")
+    require(kind in MIXES, f"data.mix={kind!r} is not a mix: give null or one of {list(MIXES)}")
     n, _, height, width = x.shape
     lam = float(torch.distributions.Beta(beta, beta).sample())
-    partner = x[torch.randperm(n, device=x.device)]
+    order = torch.randperm(n, device=x.device)
+    partner = x[order]
     if kind == "mixup":
-        return lam * x + (1.0 - lam) * partner
-    cut = math.sqrt(1.0 - lam)
-    box_h, box_w = round(height * cut), round(width * cut)
-    centre_y = int(torch.randint(height, ()))
-    centre_x = int(torch.randint(width, ()))
-    top, left = max(centre_y - box_h // 2, 0), max(centre_x - box_w // 2, 0)
-    bottom = min(centre_y - box_h // 2 + box_h, height)
-    right = min(centre_x - box_w // 2 + box_w, width)
-    mixed = x.clone()
-    mixed[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right]
-    return mixed
+        mixed = lam * x + (1.0 - lam) * partner
+    else:
+        cut = math.sqrt(1.0 - lam)
+        box_h, box_w = round(height * cut), round(width * cut)
+        centre_y, centre_x = int(torch.randint(height, ())), int(torch.randint(width, ()))
+        top, left = max(centre_y - box_h // 2, 0), max(centre_x - box_w // 2, 0)
+        bottom = min(centre_y - box_h // 2 + box_h, height)
+        right = min(centre_x - box_w // 2 + box_w, width)
+        mixed = x.clone()
+        mixed[:, :, top:bottom, left:right] = partner[:, :, top:bottom, left:right]
+        lam = 1.0 - (bottom - top) * (right - left) / (height * width)
+    own = F.one_hot(y, num_classes).to(x.dtype)
+    return mixed, lam * own + (1.0 - lam) * own[order]
 
 
 class Compose(nn.Sequential):

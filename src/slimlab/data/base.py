@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
-from slimlab.data.augment import Normalize
+from slimlab.data.augment import MIXES, Normalize, mix_batch
 from slimlab.data.sampler import EpochShuffleSampler
 from slimlab.utils.errors import require
 
@@ -21,7 +21,10 @@ class ClassificationDataModule(L.LightningDataModule):
 
     `batch_size` is the global batch: under DDP each rank loads `batch_size / world_size`.
     `normalize` runs on every batch after it reaches the device, `augment` on training
-    batches only (both are tensor transforms from `slimlab.data.augment`).
+    batches only (both are tensor transforms from `slimlab.data.augment`). `mix` (`cutmix` or
+    `mixup`, `lam ~ Beta(mix_beta, mix_beta)`) then mixes each training batch's images in pairs
+    and their labels with them, so training batches carry soft labels (N, num_classes)
+    (`slimlab.data.augment.mix_batch`); validation and test batches are never mixed.
     """
 
     num_classes: int = 0
@@ -36,6 +39,8 @@ class ClassificationDataModule(L.LightningDataModule):
         seed: int = 42,
         normalize: nn.Module | None = None,
         augment: nn.Module | None = None,
+        mix: str | None = None,
+        mix_beta: float = 1.0,
     ) -> None:
         super().__init__()
         require(
@@ -50,6 +55,15 @@ class ClassificationDataModule(L.LightningDataModule):
             isinstance(num_workers, int) and num_workers >= 0,
             f"data.num_workers={num_workers} is out of range: give 0 or a positive integer",
         )
+        require(
+            mix is None or mix in MIXES,
+            f"data.mix={mix!r} is not a mix: give null (no mixing) or one of {list(MIXES)}",
+        )
+        require(
+            isinstance(mix_beta, int | float) and not isinstance(mix_beta, bool) and mix_beta > 0,
+            f"data.mix_beta={mix_beta} is out of range: give a Beta parameter > 0 (1: the mixed "
+            "share is uniform in [0, 1])",
+        )
         self.batch_size = batch_size
         self.val_fraction = float(val_fraction)
         self.num_workers = num_workers
@@ -57,6 +71,8 @@ class ClassificationDataModule(L.LightningDataModule):
         self.seed = seed
         self.normalize = normalize
         self.augment = augment
+        self.mix = mix
+        self.mix_beta = float(mix_beta)
         self.batch_size_per_device = batch_size
         self.data_train: Dataset | None = None
         self.data_val: Dataset | None = None
@@ -115,8 +131,11 @@ class ClassificationDataModule(L.LightningDataModule):
         x, y = batch
         if self.normalize is not None:
             x = self.normalize(x)
-        if self.augment is not None and self.trainer is not None and self.trainer.training:
-            x = self.augment(x)
+        if self.trainer is not None and self.trainer.training:
+            if self.augment is not None:
+                x = self.augment(x)
+            if self.mix is not None:
+                x, y = mix_batch(x, y, self.mix, self.num_classes, self.mix_beta)
         return x, y
 
     def preprocessing(self) -> dict[str, Any]:

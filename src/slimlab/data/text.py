@@ -114,6 +114,10 @@ class TextDataModule(ClassificationDataModule):
     ) -> None:
         super().__init__(**kwargs)
         require(
+            self.mix is None,
+            f"data.mix={self.mix} mixes images; token ids cannot be mixed: give data.mix=null",
+        )
+        require(
             isinstance(max_length, int) and max_length >= 2,
             f"data.max_length={max_length} is out of range: give the tokens per text, >= 2",
         )

@@ -147,9 +147,10 @@ class ClassificationModule(SlimModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         inputs, y = self.split_batch(batch)
         logits = call_net(self, inputs)
-        task_loss = self.criterion(logits, y)
+        task_loss = self.criterion(logits, y)  # y may be soft labels (N, C): data.mix
         loss, parts = self.combine_loss(task_loss, batch, logits)
-        acc = (logits.detach().argmax(-1) == y).float().mean()
+        label = y.argmax(-1) if y.is_floating_point() else y  # a mixed image: its larger share
+        acc = (logits.detach().argmax(-1) == label).float().mean()
         self.train_means.update(len(y), loss=loss, task_loss=task_loss, acc=acc, **parts)
         return loss
 
