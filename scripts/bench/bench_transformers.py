@@ -6,21 +6,21 @@ run or cut from the trained model and distilled from it), distilled from a CNN t
     python scripts/bench/bench_transformers.py --update-docs   # also docs/transformers.md
     python scripts/bench/bench_transformers.py --seeds 1 --epochs 20 --repeats 10  # a short run
 
-1. Accuracy, per seed (which seeds the model and the train/val/test split alike, as
-   `python train.py -m experiment=... seed=1,2,3` does): `experiment=digits_cnn` (the CNN
-   teacher, on that seed's split), `experiment=digits_vit` (dense), `experiment=digits_vit_prune`
-   (50% of the heads and of the MLP width removed at a third of the epochs, fine-tuned),
+1. Accuracy, per seed (which seeds the model and the train/val/test split alike, as `python
+   train.py -m experiment=... seed=1,2,3` does): `experiment=digits_cnn` (the CNN teacher, on
+   that seed's split), `experiment=digits_vit` (dense), `experiment=digits_vit_prune` (50% of
+   the heads and of the MLP width removed at a third of the epochs, fine-tuned),
    `experiment=digits_vit_prune_kd` (that seed's trained dense ViT with half its heads, MLP
    width and token width cut, fine-tuned for half the epochs with KD from its dense self),
-   `experiment=digits_vit_distill` (KD from that CNN teacher, on CutMix images it labels; and
-   as plain logit KD, `mix=null alpha=0.9`, for comparison) and `experiment=digits_vit
-   compression=qat` (fp32 for the first half of the epochs, then PT2E fake quantization, int8
-   ranges frozen for the last tenth, converted to an int8 x86 network, which is the one
-   tested), all through `slimlab.train.train`. "Gap closed" = (mean KD acc - mean dense acc) /
-   (mean teacher acc - mean dense acc). The dense ViT, and the pruned and distilled one, are
-   also exported to ONNX and quantized dynamically (int8 MatMul/Gemm weights, activations
-   quantized per call: `export.py quantize=int8_dynamic`, default settings), and those files'
-   accuracy taken on the test split in onnxruntime.
+   `experiment=digits_vit_distill` (KD from that CNN teacher on CutMix batches; for comparison
+   the same KD without mixing, `data.mix=null`, and the dense ViT on CutMix batches without KD)
+   and `experiment=digits_vit compression=qat` (fp32 for the first half of the epochs, then PT2E
+   fake quantization, int8 ranges frozen for the last tenth, converted to an int8 x86 network,
+   which is the one tested), all through `slimlab.train.train`. "Gap closed" = (mean KD acc -
+   mean dense acc) / (mean teacher acc - mean dense acc). The dense ViT, and the pruned and
+   distilled one, are also exported to ONNX and quantized dynamically (int8 MatMul/Gemm weights,
+   activations quantized per call: `export.py quantize=int8_dynamic`, default settings), and
+   those files' accuracy taken on the test split in onnxruntime.
 2. Latency: the trained dense and pruned ViTs in PyTorch (fp32 eager), the QAT int8 network
    exported to QDQ ONNX (`slimlab.utils.onnx.export_onnx`, as export.py writes a QAT
    checkpoint's model.int8.onnx) and run by onnxruntime with its int8 kernels, and the dense
@@ -131,23 +131,17 @@ def dynamic_int8(
     return check["accuracy"], session, int8.stat().st_size
 
 
-PLAIN_KD = ("compression.distill.mix=null", "compression.distill.alpha=0.9")
-
-
-def kd_settings(*overrides: str) -> str:
-    """The KD settings `experiment=digits_vit_distill` gives, with `overrides` (key=value of
-    compression.distill), as the table rows name them."""
+def kd_settings() -> str:
+    """The KD settings `experiment=digits_vit_distill` gives (as the table rows name them)."""
     experiment = OmegaConf.load(ROOT / "configs" / "experiment" / "digits_vit_distill.yaml")
     kd = experiment.compression.distill
-    for override in overrides:
-        key, value = override.removeprefix("compression.distill.").split("=")
-        kd[key] = None if value == "null" else float(value)
-    mix = kd.get("mix")
-    return (
-        f"T={kd.temperature}, alpha={kd.alpha}"
-        + (", hard" if kd.get("hard") else "")
-        + (f", {mix} images" if mix else ", no mixing")
-    )
+    return f"T={kd.temperature}, alpha={kd.alpha}" + (", hard" if kd.get("hard") else "")
+
+
+def kd_mix() -> str:
+    """The `data.mix` of `experiment=digits_vit_distill`: the dense comparison row uses it too."""
+    experiment = OmegaConf.load(ROOT / "configs" / "experiment" / "digits_vit_distill.yaml")
+    return str(experiment.data.mix)
 
 
 def main() -> None:
@@ -163,8 +157,8 @@ def main() -> None:
     started = time.time()
     load_before = round(os.getloadavg()[0], 2)
     accs: dict[str, list[float]] = {
-        "dense": [], "pruned": [], "pruned_kd": [], "kd": [], "kd_plain": [], "int8": [],
-        "int8_dynamic": [], "pruned_kd_int8": [], "teacher": [],
+        "dense": [], "dense_mix": [], "pruned": [], "pruned_kd": [], "kd": [], "kd_plain": [],
+        "int8": [], "int8_dynamic": [], "pruned_kd_int8": [], "teacher": [],
     }  # fmt: skip
     qat_start = args.epochs // 2
     qat_freeze = args.epochs - max(1, args.epochs // 10)  # int8 ranges frozen from here on
@@ -215,9 +209,13 @@ def main() -> None:
                 "digits_vit_distill", seed, args.epochs, workdir,
                 f"compression.distill.teacher_ckpt={teacher_ckpt}",
                 "compression.distill.report.latency=false",
-                *PLAIN_KD, tag="_plain",
+                "data.mix=null", tag="_plain",
             )  # fmt: skip
             accs["kd_plain"].append(acc)
+            acc, _ = run(
+                "digits_vit", seed, args.epochs, workdir, f"data.mix={kd_mix()}", tag="_mix"
+            )
+            accs["dense_mix"].append(acc)
             acc, objects = run(
                 "digits_vit", seed, args.epochs, workdir,
                 "compression=qat",
@@ -277,6 +275,7 @@ def main() -> None:
     gap = mean["teacher"] - mean["dense"]
     closed = (mean["kd"] - mean["dense"]) / gap if gap > 0 else float("nan")
     closed_plain = (mean["kd_plain"] - mean["dense"]) / gap if gap > 0 else float("nan")
+    closed_mix = (mean["dense_mix"] - mean["dense"]) / gap if gap > 0 else float("nan")
     heads = sorted(set(head_counts(nets["pruned"]).values()))
     prune_drop = 100 * (mean["dense"] - mean["pruned"])
     prune_kd_drop = 100 * (mean["dense"] - mean["pruned_kd"])
@@ -306,10 +305,13 @@ def main() -> None:
         f"| {pct(accs['pruned_kd'])} "
         f"| {count_params(nets['pruned_kd']):,} | {timed['pruned_kd']['latency_ms_b1']:.2f} "
         f"| {timed['pruned_kd']['latency_ms_b64']:.1f} | {pruned_kd['speedup_b64']:.2f}x |",
-        f"| KD from the CNN teacher ({kd_settings()}; `digits_vit_distill`) | {pct(accs['kd'])} "
+        f"| KD from the CNN teacher on {kd_mix()} batches ({kd_settings()}; "
+        f"`digits_vit_distill`) | {pct(accs['kd'])} | {count_params(nets['dense']):,} "
+        "| – | – | – |",
+        f"| the same KD without mixing (`data.mix=null`) | {pct(accs['kd_plain'])} "
         f"| {count_params(nets['dense']):,} | – | – | – |",
-        f"| plain logit KD from the CNN teacher ({kd_settings(*PLAIN_KD)}) "
-        f"| {pct(accs['kd_plain'])} | {count_params(nets['dense']):,} | – | – | – |",
+        f"| dense on {kd_mix()} batches, no KD (`data.mix={kd_mix()}`) | {pct(accs['dense_mix'])} "
+        f"| {count_params(nets['dense']):,} | – | – | – |",
         f"| dense, ONNX fp32 in onnxruntime (reference) | – "
         f"| {count_params(nets['dense']):,} | {timed['dense_ort']['latency_ms_b1']:.2f} "
         f"| {timed['dense_ort']['latency_ms_b64']:.1f} | {dense_ort['speedup_b64']:.2f}x |",
@@ -337,7 +339,8 @@ def main() -> None:
         f"({verdict(prune_kd_drop <= 1.5)}). KD from the CNN changes accuracy by "
         f"{100 * (mean['kd'] - mean['dense']):+.2f} points, closing {100 * closed:.0f} % of "
         f"the gap to the teacher ({100 * gap:+.2f} points; target >= 30 %: "
-        f"{verdict(closed >= 0.3)}); plain logit KD {100 * closed_plain:.0f} %. "
+        f"{verdict(closed >= 0.3)}); without mixing KD closes {100 * closed_plain:.0f} %, "
+        f"{kd_mix()} without KD {100 * closed_mix:.0f} %. "
         "int8 vs fp32 eager at batch 64 "
         f"(target >= 2x with <= 1 point drop): QAT {int8['speedup_b64']:.2f}x "
         f"({verdict(int8['speedup_b64'] >= 2.0)}), {0.0 - int8_drop:+.2f} points "
@@ -361,7 +364,8 @@ def main() -> None:
             "table": table,
             "accuracy": accs,
             "gap_closed": closed,
-            "gap_closed_plain_kd": closed_plain,
+            "gap_closed_kd_without_mix": closed_plain,
+            "gap_closed_mix_without_kd": closed_mix,
             "pruned_vs_dense": pruned,
             "pruned_kd_vs_dense": pruned_kd,
             "onnx_fp32_vs_dense": dense_ort,
