@@ -42,11 +42,7 @@ from slimlab.compression.pruning import build_pruner, find_head, prune_step  # n
 from slimlab.models.nets import CifarResNet, SmallCNN  # noqa: E402
 from slimlab.train import train  # noqa: E402
 from slimlab.utils.compose import compose_config  # noqa: E402
-from slimlab.utils.run_files import (  # noqa: E402
-    bench_results_path,
-    replace_doc_block,
-    write_json_atomic,
-)
+from slimlab.utils.run_files import bench_results_path, save_bench_results  # noqa: E402
 
 
 def train_digits(experiment: str, seed: int, epochs: int, workdir: Path) -> tuple[float, object]:
@@ -177,11 +173,9 @@ def main() -> None:
         "accuracy": accs,
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    write_json_atomic(args.out, results)
-    print(f"wrote {args.out}", file=sys.stderr)
-    if args.update_docs:
-        replace_doc_block(DOC, START, END, table)
-        print(f"wrote {DOC}", file=sys.stderr)
+    block = (DOC, START, END) if args.update_docs else None
+    for path in save_bench_results(args.out, results, block):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

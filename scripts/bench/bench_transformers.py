@@ -46,6 +46,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -60,16 +61,12 @@ from slimlab.compression.heads import head_counts  # noqa: E402
 from slimlab.compression.measure import compare, count_params, measure  # noqa: E402
 from slimlab.inference.data import model_batches  # noqa: E402
 from slimlab.inference.exporters import export_onnx, quantize_onnx_dynamic  # noqa: E402
-from slimlab.inference.latency import latency_table  # noqa: E402
+from slimlab.inference.latency import cpu_int8_features, latency_table  # noqa: E402
 from slimlab.inference.parity import parity  # noqa: E402
 from slimlab.inference.runtime import as_feed, onnx_runner, onnx_session, torch_runner  # noqa: E402
 from slimlab.train import train  # noqa: E402
 from slimlab.utils.compose import QUIET, compose_config  # noqa: E402
-from slimlab.utils.run_files import (  # noqa: E402
-    bench_results_path,
-    replace_doc_block,
-    write_json_atomic,
-)
+from slimlab.utils.run_files import bench_results_path, save_bench_results  # noqa: E402
 
 
 def run(
@@ -95,21 +92,6 @@ def example_batch(size: int) -> torch.Tensor:
     return torch.zeros(size, 1, 8, 8)
 
 
-def cpu_int8_features() -> str:
-    """The x86 int8 instructions this CPU has (onnxruntime's int8 speed depends on them)."""
-    try:
-        flags = next(
-            set(line.split(":", 1)[1].split())
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("flags")
-        )
-    except (OSError, StopIteration):
-        return "int8 instructions unknown"
-    names = {"amx_int8": "AMX", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI"}
-    found = [name for flag, name in names.items() if flag in flags]
-    return ", ".join(found) or ("AVX2, no VNNI" if "avx2" in flags else "no AVX2")
-
-
 def onnxruntime_version() -> str:
     return importlib.metadata.version("onnxruntime")
 
@@ -131,17 +113,21 @@ def dynamic_int8(
     return check["accuracy"], session, int8.stat().st_size
 
 
+@functools.cache
+def distill_experiment() -> Any:
+    """configs/experiment/digits_vit_distill.yaml, as written (what the KD rows ran)."""
+    return OmegaConf.load(ROOT / "configs" / "experiment" / "digits_vit_distill.yaml")
+
+
 def kd_settings() -> str:
     """The KD settings `experiment=digits_vit_distill` gives (as the table rows name them)."""
-    experiment = OmegaConf.load(ROOT / "configs" / "experiment" / "digits_vit_distill.yaml")
-    kd = experiment.compression.distill
+    kd = distill_experiment().compression.distill
     return f"T={kd.temperature}, alpha={kd.alpha}" + (", hard" if kd.get("hard") else "")
 
 
 def kd_mix() -> str:
     """The `data.mix` of `experiment=digits_vit_distill`: the dense comparison row uses it too."""
-    experiment = OmegaConf.load(ROOT / "configs" / "experiment" / "digits_vit_distill.yaml")
-    return str(experiment.data.mix)
+    return str(distill_experiment().data.mix)
 
 
 def main() -> None:
@@ -358,27 +344,23 @@ def main() -> None:
     ]
     table = "\n".join(lines)
     print(table)
-    write_json_atomic(
-        args.out,
-        {
-            "table": table,
-            "accuracy": accs,
-            "gap_closed": closed,
-            "gap_closed_kd_without_mix": closed_plain,
-            "gap_closed_mix_without_kd": closed_mix,
-            "pruned_vs_dense": pruned,
-            "pruned_kd_vs_dense": pruned_kd,
-            "onnx_fp32_vs_dense": dense_ort,
-            "int8_vs_dense": int8,
-            "int8_dynamic_vs_dense": dyn,
-            "pruned_kd_int8_vs_dense": all_three,
-            "args": {k: str(v) for k, v in vars(args).items()},
-        },
-    )
-    print(f"wrote {args.out}", file=sys.stderr)
-    if args.update_docs:
-        replace_doc_block(DOC, START, END, table)
-        print(f"wrote {DOC}", file=sys.stderr)
+    results = {
+        "table": table,
+        "accuracy": accs,
+        "gap_closed": closed,
+        "gap_closed_kd_without_mix": closed_plain,
+        "gap_closed_mix_without_kd": closed_mix,
+        "pruned_vs_dense": pruned,
+        "pruned_kd_vs_dense": pruned_kd,
+        "onnx_fp32_vs_dense": dense_ort,
+        "int8_vs_dense": int8,
+        "int8_dynamic_vs_dense": dyn,
+        "pruned_kd_int8_vs_dense": all_three,
+        "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    block = (DOC, START, END) if args.update_docs else None
+    for path in save_bench_results(args.out, results, block):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ int8 speed is a property of the CPU's int8 instructions (AVX-512 VNNI, AVX-VNNI,
 than of the model: without them an int8 multiply-add takes about as many instructions as an
 fp32 one. This study times one `nn.Linear` at three sizes (the ViT's qkv layer at batch 64, and
 two larger ones) and the digits ViT itself (random weights: speed does not depend on them) on one
-thread, interleaved medians, through each int8 CPU path the project has measured:
+thread (`slimlab.inference.latency.latency_table`: the paths of one case interleaved, medians),
+through each int8 CPU path the project has measured:
 
 - fp32: PyTorch eager, and the same layer as ONNX in onnxruntime;
 - onnxruntime dynamic int8 (`export.py quantize=int8_dynamic`: int8 weights, each input
@@ -22,58 +23,42 @@ int8 rows against it.
 from __future__ import annotations
 
 import argparse
-import statistics
+import importlib.metadata
 import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from slimlab.inference.exporters import quantize_onnx_dynamic
+from slimlab.inference.latency import cpu_int8_features, latency_table
+from slimlab.inference.runtime import Runner, onnx_runner, torch_runner
+from slimlab.models.nets import VisionTransformer
+from slimlab.utils.onnx import export_onnx, onnx_session
+from slimlab.utils.run_files import bench_results_path, save_bench_results
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "transformers.md"
 START, END = "<!-- study_int8_cpu:start -->", "<!-- study_int8_cpu:end -->"
 SHAPES = ((320, 96, 288), (1024, 384, 1536), (4096, 768, 3072))  # (rows, in, out)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_transformers import cpu_int8_features, onnxruntime_version  # noqa: E402
 
-from slimlab.inference.exporters import quantize_onnx_dynamic  # noqa: E402
-from slimlab.models.nets import VisionTransformer  # noqa: E402
-from slimlab.utils.onnx import export_onnx, onnx_session  # noqa: E402
-from slimlab.utils.run_files import (  # noqa: E402
-    bench_results_path,
-    replace_doc_block,
-    write_json_atomic,
-)
-
-
-def per_call_ms(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    return (time.perf_counter() - start) / repeats * 1e3
-
-
-def runners(net: nn.Module, example: torch.Tensor, folder: Path) -> dict[str, Callable]:
+def runners(net: nn.Module, example: torch.Tensor, folder: Path) -> dict[str, Runner]:
     """fp32 eager, onnxruntime fp32, onnxruntime dynamic int8, torch dynamic int8 for `net`."""
     fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
     export_onnx(net, example[:1], fp32, opset=20)
     quantize_onnx_dynamic(fp32, int8, reduce_range=True)
-    feed = {"input": example.numpy()}
-    ort_fp32, ort_int8 = onnx_session(fp32, threads=1), onnx_session(int8, threads=1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice
         torch_int8 = torch.ao.quantization.quantize_dynamic(net, {nn.Linear}, dtype=torch.qint8)
     return {
-        "fp32 eager": lambda: net(example),
-        "fp32 onnxruntime": lambda: ort_fp32.run(None, feed),
-        "int8 onnxruntime dynamic": lambda: ort_int8.run(None, feed),
-        "int8 torch dynamic": lambda: torch_int8(example),
+        "fp32 eager": torch_runner(net),
+        "fp32 onnxruntime": onnx_runner(onnx_session(fp32, threads=1)),
+        "int8 onnxruntime dynamic": onnx_runner(onnx_session(int8, threads=1)),
+        "int8 torch dynamic": torch_runner(torch_int8),
     }
 
 
@@ -85,27 +70,19 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cases: dict[str, tuple[nn.Module, torch.Tensor, int]] = {  # (net, input, calls per time)
+    cases: dict[str, tuple[nn.Module, torch.Tensor, int]] = {  # (net, input, timed calls)
         f"Linear {k} -> {n}, {m} rows": (nn.Linear(k, n).eval(), torch.randn(m, k), calls)
         for (m, k, n), calls in zip(SHAPES, (20, 5, 2), strict=True)
     }
     cases["digits ViT, batch 64"] = (VisionTransformer().eval(), torch.randn(64, 1, 8, 8), 20)
     results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
-        timers = {}
-        for i, (name, (net, example, _)) in enumerate(cases.items()):
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (name, (net, example, repeats)) in enumerate(cases.items()):
             folder = Path(tmp) / str(i)
             folder.mkdir()
-            timers[name] = runners(net, example, folder)
-        times: dict[str, dict[str, list[float]]] = {
-            name: {path: [] for path in paths} for name, paths in timers.items()
-        }
-        for _ in range(args.rounds):
-            for name, paths in timers.items():
-                for path, fn in paths.items():
-                    times[name][path].append(per_call_ms(fn, cases[name][2]))
-        for name, paths in times.items():
-            results[name] = {path: statistics.median(t) for path, t in paths.items()}
+            feeds = {len(example): {"input": example.numpy()}}
+            table = latency_table(runners(net, example, folder), feeds, args.rounds, repeats)
+            results[name] = {path: ms[f"b{len(example)}"] for path, ms in table.items()}
     paths = list(next(iter(results.values())))
     lines = [
         "| ms per call (speed-up vs fp32 eager) | " + " | ".join(paths) + " |",
@@ -119,15 +96,14 @@ def main() -> None:
         "",
         f"Measured {time.strftime('%Y-%m-%d')} on a CPU with {cpu_int8_features()}, one thread, "
         f"median of {args.rounds} interleaved rounds; torch {torch.__version__}, onnxruntime "
-        f"{onnxruntime_version()}.",
+        f"{importlib.metadata.version('onnxruntime')}.",
     ]
     table = "\n".join(lines)
     print(table)
-    write_json_atomic(args.out, {"table": table, "ms": results, "cpu": cpu_int8_features()})
-    print(f"wrote {args.out}", file=sys.stderr)
-    if args.update_docs:
-        replace_doc_block(DOC, START, END, table)
-        print(f"wrote {DOC}", file=sys.stderr)
+    summary = {"table": table, "ms": results, "cpu": cpu_int8_features()}
+    block = (DOC, START, END) if args.update_docs else None
+    for path in save_bench_results(args.out, summary, block):
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

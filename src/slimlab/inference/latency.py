@@ -1,10 +1,12 @@
-"""CPU latency of several runners, measured interleaved so that machine load hits them alike."""
+"""CPU latency of several runners, measured interleaved so that machine load hits them alike,
+and the CPU's int8 instructions that int8 latency depends on."""
 
 from __future__ import annotations
 
 import statistics
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,3 +47,18 @@ def latency_table(
         name: {f"b{b}": statistics.median(ms) for b, ms in per_batch.items()}
         for name, per_batch in times.items()
     }
+
+
+def cpu_int8_features() -> str:
+    """The x86 int8 instructions this CPU has (onnxruntime's int8 speed depends on them)."""
+    try:
+        flags = next(
+            set(line.split(":", 1)[1].split())
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("flags")
+        )
+    except (OSError, StopIteration):
+        return "int8 instructions unknown"
+    names = {"amx_int8": "AMX", "avx512_vnni": "AVX-512 VNNI", "avx_vnni": "AVX-VNNI"}
+    found = [name for flag, name in names.items() if flag in flags]
+    return ", ".join(found) or ("AVX2, no VNNI" if "avx2" in flags else "no AVX2")

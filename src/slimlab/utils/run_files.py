@@ -59,3 +59,16 @@ def replace_doc_block(doc: str | Path, start: str, end: str, text: str) -> None:
     before, rest = content.split(start, 1)
     _, after = rest.split(end, 1)
     doc.write_text(f"{before}{start}\n{text}\n{end}{after}")
+
+
+def save_bench_results(
+    out: str | Path, results: dict[str, Any], doc_block: tuple[str | Path, str, str] | None = None
+) -> list[Path]:
+    """Write a benchmark's `results` as JSON to `out`; with `doc_block` (a Markdown page, its
+    start and end markers) also put `results["table"]` into that block. The files written."""
+    written = [write_json_atomic(out, results)]
+    if doc_block is not None:
+        doc, start, end = doc_block
+        replace_doc_block(doc, start, end, results["table"])
+        written.append(Path(doc))
+    return written
